@@ -1,0 +1,194 @@
+"""Authentication: bcrypt passwords, JWT tokens, and the current-user dependencies.
+
+Patterns shown:
+- bcrypt called directly (no passlib): hash, verify, and re-hash at login when
+  `BCRYPT_ROUNDS` changed; unknown users still cost one bcrypt check.
+- JWTs with PyJWT: a pinned algorithm list, required claims, a `type` claim so a reset
+  token never passes for an access token, and a `ver` claim checked against the user's
+  `token_version` so a password change revokes every earlier token, on every worker.
+- One factory for every 401, with `WWW-Authenticate: Bearer`.
+- `Annotated` dependency aliases under their providers: `TokenDep`, `CurrentUser`, `SuperUser`.
+
+Imports: config, models, database.
+"""
+
+import functools
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Literal
+
+import bcrypt
+import jwt
+from fastapi import Depends, HTTPException
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import Engine, func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from config import Settings, SettingsDep, settings as default_settings
+from database import SessionDep
+from models import MAX_PASSWORD_BYTES, User, utc_now
+
+logger = logging.getLogger(__name__)
+
+TokenType = Literal["access", "reset"]
+MAX_DB_ID = 2**63 - 1
+
+
+# --- Passwords ----------------------------------------------------------------------
+
+
+def hash_password(password: str, rounds: int) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+
+
+def verify_password(password: str, hashed_password: str) -> bool:
+    candidate = password.encode("utf-8", "surrogatepass")
+    # bcrypt 5 raises on more than 72 bytes; no stored password is that long.
+    if len(candidate) > MAX_PASSWORD_BYTES:
+        return False
+    return bcrypt.checkpw(candidate, hashed_password.encode())
+
+
+def hash_rounds(hashed_password: str) -> int:
+    """The cost stored in a hash: `$2b$12$...` -> 12."""
+    return int(hashed_password.split("$")[2])
+
+
+@functools.cache
+def _dummy_hash(rounds: int) -> str:
+    return hash_password("not a real password", rounds)
+
+
+def authenticate(session: Session, *, login: str, password: str, rounds: int) -> User | None:
+    """The user whose username or email is `login` and whose password matches, else None."""
+    if "@" in login:
+        statement = select(User).where(User.email == login.lower())
+    else:
+        statement = select(User).where(func.lower(User.username) == login.lower())
+    user = None if "\x00" in login else session.exec(statement).first()
+    # Free the connection before bcrypt's quarter second (the objects stay loaded).
+    session.commit()
+    if user is None:
+        # Spend the same bcrypt time as for a real user: timing must not reveal accounts.
+        verify_password(password, _dummy_hash(rounds))
+        return None
+    if not verify_password(password, user.hashed_password):
+        return None
+    if hash_rounds(user.hashed_password) != rounds:
+        user.hashed_password = hash_password(password, rounds)
+        session.add(user)
+        session.commit()
+    return user
+
+
+def set_password(session: Session, user: User, new_password: str, rounds: int) -> bool:
+    """Store a new hash and bump `token_version`, revoking every token issued before.
+
+    A compare-and-set on the version the caller read: of two concurrent uses of one
+    reset token only one succeeds. Returns False for the loser. The caller commits.
+    """
+    hashed_password = hash_password(new_password, rounds)
+    result = session.exec(
+        update(User)
+        .where(User.id == user.id, User.token_version == user.token_version)  # type: ignore[arg-type]
+        .values(hashed_password=hashed_password, token_version=user.token_version + 1, updated_at=utc_now())
+    )
+    return result.rowcount == 1
+
+
+def create_first_superuser(engine: Engine, settings: Settings) -> None:
+    """Create `FIRST_SUPERUSER_EMAIL` once; when workers race, the unique index picks one."""
+    email, password = settings.FIRST_SUPERUSER_EMAIL, settings.FIRST_SUPERUSER_PASSWORD
+    if not email or not password:
+        return
+    with Session(engine) as session:
+        if session.exec(select(User.id).where(User.email == email)).first() is not None:
+            return
+        user = User(
+            email=email,
+            username=settings.FIRST_SUPERUSER_USERNAME,
+            hashed_password=hash_password(password, settings.BCRYPT_ROUNDS),
+            is_superuser=True,
+        )
+        session.add(user)
+        try:
+            session.commit()
+        except IntegrityError:
+            logger.info("First superuser not created: the email or username is already taken")
+            return
+    logger.info("Created the first superuser (id %s)", user.id)
+
+
+# --- Tokens -------------------------------------------------------------------------
+
+
+def create_token(user: User, *, token_type: TokenType, settings: Settings) -> str:
+    minutes = settings.ACCESS_TOKEN_EXPIRE_MINUTES if token_type == "access" else settings.RESET_TOKEN_EXPIRE_MINUTES
+    now = datetime.now(timezone.utc)
+    claims = {
+        "sub": str(user.id),
+        "type": token_type,
+        "ver": user.token_version,
+        "iat": now,
+        "exp": now + timedelta(minutes=minutes),
+    }
+    return jwt.encode(claims, settings.SECRET_KEY, algorithm=settings.ALGORITHM)
+
+
+def user_from_token(session: Session, token: str, *, token_type: TokenType, settings: Settings) -> User | None:
+    """The user a valid, unrevoked token of `token_type` names, else None."""
+    try:
+        # The pinned algorithm list is what refuses `alg: none` and algorithm swaps.
+        claims = jwt.decode(
+            token,
+            settings.SECRET_KEY,
+            algorithms=[settings.ALGORITHM],
+            options={"require": ["exp", "iat", "sub"]},
+        )
+        user_id = int(claims["sub"])
+    except (jwt.InvalidTokenError, ValueError):
+        return None
+    if claims.get("type") != token_type or not 1 <= user_id <= MAX_DB_ID:
+        return None
+    user = session.get(User, user_id)
+    if user is None or claims.get("ver") != user.token_version:
+        return None
+    return user
+
+
+# --- Dependencies -------------------------------------------------------------------
+
+
+def credentials_error(detail: str = "Could not validate credentials") -> HTTPException:
+    """Every 401 of the API: RFC 6750 asks for the `WWW-Authenticate` header."""
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl=f"{default_settings.API_V1_STR}/auth/login")
+TokenDep = Annotated[str, Depends(oauth2_scheme)]
+
+
+def get_current_user(session: SessionDep, settings: SettingsDep, token: TokenDep) -> User:
+    user = user_from_token(session, token, token_type="access", settings=settings)
+    if user is None:
+        raise credentials_error()
+    if not user.is_active:
+        raise HTTPException(status_code=403, detail="Inactive user")
+    # Hand the connection back now: a request waiting for a worker thread for its
+    # endpoint must not hold one, or enough such requests stall every thread on the pool.
+    session.commit()
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_current_superuser(user: CurrentUser) -> User:
+    """403 unless the caller is a superuser (`async`: no I/O, so no threadpool trip)."""
+    if not user.is_superuser:
+        raise HTTPException(status_code=403, detail="Not enough privileges")
+    return user
+
+
+SuperUser = Annotated[User, Depends(get_current_superuser)]

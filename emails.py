@@ -1,0 +1,139 @@
+"""Email and notifications: what background tasks send, and how.
+
+Patterns shown:
+- Background tasks receive ids and the engine, never ORM objects or the request's
+  session (closed by the time they run), and open their own `Session`.
+- Every message is recorded as a `Notification` first, so its fate (`pending` ->
+  `sent` | `failed`) is visible through the API, and a failure takes nothing else down.
+- Two backends chosen by settings: SMTP through the standard library's `smtplib`
+  (STARTTLS, login, timeout), or the log, so a workshop needs no mail server.
+- Start-up marks notifications whose task died with the previous process `failed`.
+
+Imports: config, models, database, auth.
+"""
+
+import logging
+import smtplib
+import ssl
+from datetime import datetime
+from email.message import EmailMessage
+
+from sqlalchemy import Engine, update
+from sqlmodel import Session, select
+
+from auth import create_token
+from config import Settings
+from models import Notification, User, utc_now
+
+logger = logging.getLogger(__name__)
+
+INTERRUPTED_ERROR = "Not sent: the server stopped before its background task ran"
+
+
+def send_email(settings: Settings, *, to: str, subject: str, body: str) -> None:
+    """Send one plain-text message over SMTP, or log it when `SMTP_HOST` is empty."""
+    if not settings.SMTP_HOST:
+        # Logged as is, not through EmailMessage.as_string(), which folds long lines
+        # and would split a reset token.
+        logger.info("Console email to %s\nSubject: %s\n\n%s", to, subject, body)
+        return
+    message = EmailMessage()
+    message["From"] = settings.EMAILS_FROM
+    message["To"] = to
+    message["Subject"] = subject
+    message.set_content(body)
+    # The timeout bounds every socket operation: a hung server cannot keep a worker thread.
+    with smtplib.SMTP(settings.SMTP_HOST, settings.SMTP_PORT, timeout=settings.SMTP_TIMEOUT_SECONDS) as smtp:
+        if settings.SMTP_TLS:
+            smtp.starttls(context=ssl.create_default_context())
+        if settings.SMTP_USER:
+            smtp.login(settings.SMTP_USER, settings.SMTP_PASSWORD)
+        smtp.send_message(message)
+
+
+def record_notification(session: Session, *, owner_id: int, email: str, subject: str, message: str) -> Notification:
+    """Store a `pending` notification and return it (with its id) for a background task."""
+    notification = Notification(owner_id=owner_id, email=email, subject=subject, message=message)
+    session.add(notification)
+    session.commit()
+    return notification
+
+
+def send_notification(engine: Engine, settings: Settings, notification_id: int, body: str | None = None) -> None:
+    """Background task: send a recorded notification and store the outcome.
+
+    `body` replaces the stored message when what is mailed must not be stored
+    (a reset token).
+    """
+    with Session(engine) as session:
+        notification = session.get(Notification, notification_id)
+        session.commit()  # no connection held while talking to the mail server
+        if notification is None:  # its owner was deleted meanwhile
+            return
+        outcome: dict[str, str | datetime | None]
+        try:
+            send_email(settings, to=notification.email, subject=notification.subject, body=body or notification.message)
+            outcome = {"status": "sent", "sent_at": utc_now(), "error": None}
+        except Exception as error:  # any failure is the notification's, not the server's
+            logger.warning("Notification %s failed: %s", notification_id, type(error).__name__)
+            outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"[:1000]}
+        # A bulk UPDATE, not the ORM: the row may be gone (owner deleted) and that is fine.
+        session.exec(update(Notification).where(Notification.id == notification_id).values(**outcome))  # type: ignore[arg-type]
+        session.commit()
+
+
+def record_welcome(session: Session, user: User, settings: Settings) -> Notification:
+    """The welcome message of a new user, recorded for `send_notification`."""
+    return record_notification(
+        session,
+        owner_id=user.id,
+        email=user.email,
+        subject=f"Welcome to {settings.PROJECT_NAME}",
+        message=f"Hi {user.username},\n\nyour account is ready. Log in with your username or email.\n",
+    )
+
+
+def send_password_reset(engine: Engine, settings: Settings, email: str) -> None:
+    """Background task of POST /auth/password-recovery.
+
+    The lookup happens here, after the 202 has gone out, so the response takes the same
+    time whether or not the account exists. The stored message leaves the token out:
+    whoever can read the notifications must not be able to reset the password.
+    """
+    with Session(engine) as session:
+        user = session.exec(select(User).where(User.email == email)).first()
+        if user is None or not user.is_active:
+            return
+        token = create_token(user, token_type="reset", settings=settings)
+        subject = f"Password recovery for {settings.PROJECT_NAME}"
+        template = (
+            f"Hi {user.username},\n\nsomeone asked to reset your password. Send this token to"
+            f" POST {settings.API_V1_STR}/auth/reset-password within"
+            f" {settings.RESET_TOKEN_EXPIRE_MINUTES} minutes:\n\n{{token}}\n\n"
+            "If it was not you, ignore this message: your password stays as it is.\n"
+        )
+        notification = record_notification(
+            session,
+            owner_id=user.id,
+            email=user.email,
+            subject=subject,
+            message=template.format(token="(the token is in the email only)"),
+        )
+        notification_id = notification.id
+    send_notification(engine, settings, notification_id, body=template.format(token=token))
+
+
+def fail_interrupted_notifications(engine: Engine, started_at: datetime) -> int:
+    """Mark `failed` the notifications left `pending` by a process that died.
+
+    Failing them (rather than sending again) never mails anyone twice; the user can
+    ask again. Returns how many there were.
+    """
+    with Session(engine) as session:
+        result = session.exec(
+            update(Notification)
+            .where(Notification.status == "pending", Notification.created_at < started_at)  # type: ignore[arg-type]
+            .values(status="failed", error=INTERRUPTED_ERROR)
+        )
+        session.commit()
+        return result.rowcount

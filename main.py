@@ -1,0 +1,421 @@
+"""The application: `create_app()` and every endpoint, one router per resource.
+
+Patterns shown:
+- An application factory: `create_app(settings)` builds an app on those settings (tests
+  pass their own); `app = create_app()` is what `uvicorn main:app` serves.
+- `lifespan` for start-up work (tables, first superuser, interrupted notifications), run
+  in a worker thread because it blocks.
+- `APIRouter(prefix=..., tags=[...])` per resource, all under `API_V1_STR`; operation ids
+  `tag-function_name` for generated clients.
+- Sync `def` endpoints on `SessionDep`, `CurrentUser`, `SuperUser`; fetch-or-fail helpers;
+  `response_model` and `status_code` in the decorator; background tasks for email.
+- A 422 handler with FastAPI's body shape that survives any input.
+
+Imports: config, models, database, auth, emails, middleware.
+"""
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+from anyio import to_thread
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+from fastapi.security import OAuth2PasswordRequestForm
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlmodel import Session, SQLModel, func, select
+
+from auth import (
+    CurrentUser,
+    SuperUser,
+    authenticate,
+    create_first_superuser,
+    create_token,
+    hash_password,
+    set_password,
+    user_from_token,
+    verify_password,
+)
+from config import Settings, SettingsDep, settings as default_settings
+from database import EngineDep, SessionDep, create_db_and_tables, create_db_engine
+from emails import (
+    fail_interrupted_notifications,
+    record_notification,
+    record_welcome,
+    send_notification,
+    send_password_reset,
+)
+from middleware import BodySizeLimitMiddleware, RequestLogMiddleware, configure_logging
+from models import (
+    Item,
+    ItemCreate,
+    ItemPublic,
+    ItemsPublic,
+    ItemUpdate,
+    Message,
+    Notification,
+    NotificationCreate,
+    NotificationPublic,
+    NotificationsPublic,
+    PasswordRecovery,
+    PasswordReset,
+    Token,
+    UpdatePassword,
+    User,
+    UserCreate,
+    UserPublic,
+    UsersPublic,
+    UserUpdate,
+    UserUpdateMe,
+    utc_now,
+)
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_DB_INT = 2**63 - 1  # SQLite and PostgreSQL integers are 64-bit: larger overflows the driver
+
+# Pagination and ids, bounded so no value reaches the database as an overflow.
+Skip = Annotated[int, Query(ge=0, le=MAX_DB_INT)]
+Limit = Annotated[int, Query(ge=1, le=100)]
+UserId = Annotated[int, Path(ge=1, le=MAX_DB_INT)]
+ItemId = Annotated[int, Path(ge=1, le=MAX_DB_INT)]
+NotificationId = Annotated[int, Path(ge=1, le=MAX_DB_INT)]
+
+Row = TypeVar("Row", User, Item, Notification)
+
+
+# --- Helpers: one rule each ----------------------------------------------------------
+
+
+def read_page(session: Session, model: type[Row], *conditions: Any, skip: int, limit: int) -> tuple[Sequence[Row], int]:
+    """One page of `model` rows ordered by id, and the total count of matching rows."""
+    count = session.exec(select(func.count()).select_from(model).where(*conditions)).one()
+    rows = session.exec(select(model).where(*conditions).order_by(model.id).offset(skip).limit(limit)).all()  # type: ignore[arg-type]
+    return rows, count
+
+
+def ensure_unique(session: Session, *, email: str | None, username: str | None, user_id: int | None = None) -> None:
+    """400 if another user already has this email or (in any case) this username."""
+    others = select(User.id).where(User.id != user_id)
+    if email is not None and session.exec(others.where(User.email == email)).first() is not None:
+        raise HTTPException(status_code=400, detail="Email already registered")
+    if username is not None:
+        if session.exec(others.where(func.lower(User.username) == username.lower())).first() is not None:
+            raise HTTPException(status_code=400, detail="Username already taken")
+
+
+def save_user(session: Session, user: User) -> None:
+    """Commit `user`; a concurrent request that took the email or username first gets
+    the same 400 as the check before, not a 500 from the unique index."""
+    email, username, user_id = user.email, user.username, user.id
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        ensure_unique(session, email=email, username=username, user_id=user_id)
+        raise
+
+
+def update_user_fields(session: Session, user: User, changes: dict[str, Any]) -> None:
+    ensure_unique(session, email=changes.get("email"), username=changes.get("username"), user_id=user.id)
+    user.sqlmodel_update(changes)
+    user.updated_at = utc_now()
+    save_user(session, user)
+
+
+def get_user_or_404(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise HTTPException(status_code=404, detail="User not found")
+    return user
+
+
+def get_owned_item_or_404(session: Session, item_id: int, user: User) -> Item:
+    """The item, if `user` owns it or is a superuser; 404 otherwise, so ids of other
+    users' items are not revealed."""
+    item = session.get(Item, item_id)
+    if item is None or (item.owner_id != user.id and not user.is_superuser):
+        raise HTTPException(status_code=404, detail="Item not found")
+    return item
+
+
+# --- Routers --------------------------------------------------------------------------
+
+auth_router = APIRouter(prefix="/auth", tags=["auth"])
+users_router = APIRouter(prefix="/users", tags=["users"])
+items_router = APIRouter(prefix="/items", tags=["items"])
+notifications_router = APIRouter(prefix="/notifications", tags=["notifications"])
+health_router = APIRouter(tags=["health"])
+
+
+@auth_router.post("/login", response_model=Token)
+def login(session: SessionDep, settings: SettingsDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
+    """Log in with username or email and password; returns a bearer token."""
+    user = authenticate(session, login=form.username, password=form.password, rounds=settings.BCRYPT_ROUNDS)
+    if user is None:
+        # Same status and body for an unknown user and a wrong password (SPEC 4).
+        raise HTTPException(
+            status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if not user.is_active:
+        raise HTTPException(status_code=403, detail="Inactive user")
+    return Token(
+        access_token=create_token(user, token_type="access", settings=settings),
+        expires_in=settings.ACCESS_TOKEN_EXPIRE_MINUTES * 60,
+    )
+
+
+@auth_router.post("/password-recovery", response_model=Message, status_code=202)
+def recover_password(
+    body: PasswordRecovery, engine: EngineDep, settings: SettingsDep, background_tasks: BackgroundTasks
+) -> Message:
+    """Email a password reset token, if an account has this email."""
+    background_tasks.add_task(send_password_reset, engine, settings, body.email)
+    return Message(message="If an account has this email, a password reset token is on its way")
+
+
+@auth_router.post("/reset-password", response_model=Message)
+def reset_password(body: PasswordReset, session: SessionDep, settings: SettingsDep) -> Message:
+    """Set a new password with a reset token; the token works once."""
+    user = user_from_token(session, body.token, token_type="reset", settings=settings)
+    if user is None or not user.is_active or not set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS):
+        raise HTTPException(status_code=400, detail="Invalid or expired token")
+    session.commit()
+    return Message(message="Password updated")
+
+
+@users_router.post("/", response_model=UserPublic, status_code=201)
+def create_user(
+    body: UserCreate, session: SessionDep, settings: SettingsDep, engine: EngineDep, background_tasks: BackgroundTasks
+) -> User:
+    """Sign up. Only email, username, password and full name are read from the body."""
+    ensure_unique(session, email=body.email, username=body.username)
+    user = User.model_validate(body, update={"hashed_password": hash_password(body.password, settings.BCRYPT_ROUNDS)})
+    save_user(session, user)
+    welcome = record_welcome(session, user, settings)
+    background_tasks.add_task(send_notification, engine, settings, welcome.id)
+    return user
+
+
+@users_router.get("/me", response_model=UserPublic)
+def read_user_me(user: CurrentUser) -> User:
+    """The caller's own account."""
+    return user
+
+
+@users_router.patch("/me", response_model=UserPublic)
+def update_user_me(body: UserUpdateMe, session: SessionDep, user: CurrentUser) -> User:
+    """Change the caller's email, username or full name."""
+    update_user_fields(session, user, body.model_dump(exclude_unset=True))
+    return user
+
+
+@users_router.patch("/me/password", response_model=Message)
+def update_password_me(body: UpdatePassword, session: SessionDep, settings: SettingsDep, user: CurrentUser) -> Message:
+    """Change the caller's password; every token issued before stops working."""
+    if not verify_password(body.current_password, user.hashed_password):
+        raise HTTPException(status_code=400, detail="Incorrect password")
+    set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS)
+    session.commit()
+    return Message(message="Password updated")
+
+
+@users_router.delete("/me", status_code=204)
+def delete_user_me(session: SessionDep, user: CurrentUser) -> None:
+    """Delete the caller's account, with their items and notifications."""
+    session.delete(user)
+    session.commit()
+
+
+@users_router.get("/", response_model=UsersPublic)
+def read_users(session: SessionDep, _: SuperUser, skip: Skip = 0, limit: Limit = 100) -> UsersPublic:
+    """Every user, by id (superusers only)."""
+    users, count = read_page(session, User, skip=skip, limit=limit)
+    return UsersPublic(data=users, count=count)  # type: ignore[arg-type]
+
+
+@users_router.get("/{user_id}", response_model=UserPublic)
+def read_user(user_id: UserId, session: SessionDep, user: CurrentUser) -> User:
+    """One user: yourself, or anyone for a superuser."""
+    if user.id == user_id:
+        return user
+    if not user.is_superuser:
+        # 403 whether or not the id exists: a non-superuser learns nothing about others.
+        raise HTTPException(status_code=403, detail="Not enough privileges")
+    return get_user_or_404(session, user_id)
+
+
+@users_router.patch("/{user_id}", response_model=UserPublic)
+def update_user(user_id: UserId, body: UserUpdate, session: SessionDep, settings: SettingsDep, _: SuperUser) -> User:
+    """Change any user, including password, active and superuser flags (superusers only)."""
+    user = get_user_or_404(session, user_id)
+    changes = body.model_dump(exclude_unset=True)
+    new_password = changes.pop("password", None)
+    update_user_fields(session, user, changes)
+    if new_password is not None:
+        set_password(session, user, new_password, settings.BCRYPT_ROUNDS)
+        session.commit()
+    return user
+
+
+@users_router.delete("/{user_id}", status_code=204)
+def delete_user(user_id: UserId, session: SessionDep, _: SuperUser) -> None:
+    """Delete a user with their items and notifications (superusers only)."""
+    session.delete(get_user_or_404(session, user_id))
+    session.commit()
+
+
+@items_router.post("/", response_model=ItemPublic, status_code=201)
+def create_item(body: ItemCreate, session: SessionDep, user: CurrentUser) -> Item:
+    """Create an item owned by the caller."""
+    item = Item.model_validate(body, update={"owner_id": user.id})
+    session.add(item)
+    session.commit()
+    return item
+
+
+@items_router.get("/", response_model=ItemsPublic)
+def read_items(session: SessionDep, user: CurrentUser, skip: Skip = 0, limit: Limit = 100) -> ItemsPublic:
+    """The caller's items by id (a superuser's: everyone's)."""
+    conditions = [] if user.is_superuser else [Item.owner_id == user.id]
+    items, count = read_page(session, Item, *conditions, skip=skip, limit=limit)
+    return ItemsPublic(data=items, count=count)  # type: ignore[arg-type]
+
+
+@items_router.get("/{item_id}", response_model=ItemPublic)
+def read_item(item_id: ItemId, session: SessionDep, user: CurrentUser) -> Item:
+    """One item of the caller's."""
+    return get_owned_item_or_404(session, item_id, user)
+
+
+@items_router.patch("/{item_id}", response_model=ItemPublic)
+def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep, user: CurrentUser) -> Item:
+    """Change an item's title or description."""
+    item = get_owned_item_or_404(session, item_id, user)
+    item.sqlmodel_update(body.model_dump(exclude_unset=True))
+    item.updated_at = utc_now()
+    session.add(item)
+    session.commit()
+    return item
+
+
+@items_router.delete("/{item_id}", status_code=204)
+def delete_item(item_id: ItemId, session: SessionDep, user: CurrentUser) -> None:
+    """Delete an item."""
+    session.delete(get_owned_item_or_404(session, item_id, user))
+    session.commit()
+
+
+@notifications_router.post("/", response_model=NotificationPublic, status_code=202)
+def create_notification(
+    body: NotificationCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    user: CurrentUser,
+    background_tasks: BackgroundTasks,
+) -> Notification:
+    """Queue an email; its `status` tells later whether it went out."""
+    notification = record_notification(session, owner_id=user.id, **body.model_dump())
+    background_tasks.add_task(send_notification, engine, settings, notification.id)
+    return notification
+
+
+@notifications_router.get("/", response_model=NotificationsPublic)
+def read_notifications(session: SessionDep, user: CurrentUser, skip: Skip = 0, limit: Limit = 100) -> NotificationsPublic:
+    """The caller's notifications by id."""
+    notifications, count = read_page(session, Notification, Notification.owner_id == user.id, skip=skip, limit=limit)
+    return NotificationsPublic(data=notifications, count=count)  # type: ignore[arg-type]
+
+
+@notifications_router.get("/{notification_id}", response_model=NotificationPublic)
+def read_notification(notification_id: NotificationId, session: SessionDep, user: CurrentUser) -> Notification:
+    """One of the caller's notifications, with its current status."""
+    notification = session.get(Notification, notification_id)
+    if notification is None or notification.owner_id != user.id:
+        raise HTTPException(status_code=404, detail="Notification not found")
+    return notification
+
+
+@health_router.get("/health")
+def read_health(session: SessionDep) -> dict[str, str]:
+    """200 when the database answers, 503 when it does not."""
+    try:
+        session.exec(select(1)).one()
+    except SQLAlchemyError:
+        raise HTTPException(status_code=503, detail="Database unavailable") from None
+    return {"status": "ok", "database": "ok"}
+
+
+# --- The application -------------------------------------------------------------------
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 body, rendered ASCII-only: the default handler echoes the input and
+    fails with a 500 when it holds a lone surrogate ("\\ud800")."""
+    content = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+    return Response(content, status_code=422, media_type="application/json")
+
+
+def operation_id(route: APIRoute) -> str:
+    """`users-create_user`: readable, unique method names for generated clients."""
+    return f"{route.tags[0]}-{route.name}"
+
+
+def start_up(engine: Engine, settings: Settings, started_at: datetime) -> None:
+    create_db_and_tables(engine)
+    create_first_superuser(engine, settings)
+    fail_interrupted_notifications(engine, started_at)
+
+
+def create_app(settings: Settings = default_settings) -> FastAPI:
+    """Build the application on `settings`: logging, database, middleware, routes."""
+    configure_logging(settings.LOG_LEVEL)
+    engine = create_db_engine(settings.DATABASE_URL)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        to_thread.current_default_thread_limiter().total_tokens = settings.THREADPOOL_SIZE
+        # Blocking work (SQL, bcrypt) goes to a worker thread, never on the event loop.
+        await to_thread.run_sync(start_up, engine, settings, utc_now())
+        yield
+        await to_thread.run_sync(engine.dispose)
+
+    app = FastAPI(
+        title=settings.PROJECT_NAME,
+        version=settings.VERSION,
+        openapi_url=f"{settings.API_V1_STR}/openapi.json",
+        generate_unique_id_function=operation_id,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.add_exception_handler(RequestValidationError, validation_error_handler)  # type: ignore[arg-type]
+
+    # The last added runs first: request log (and 500s) -> CORS -> body size limit -> routes.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    if settings.BACKEND_CORS_ORIGINS:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.BACKEND_CORS_ORIGINS),
+            # Browsers reject "*" with credentials, and it would be unsafe anyway.
+            allow_credentials="*" not in settings.BACKEND_CORS_ORIGINS,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestLogMiddleware)
+
+    for router in (auth_router, users_router, items_router, notifications_router):
+        app.include_router(router, prefix=settings.API_V1_STR)
+    app.include_router(health_router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,244 @@
+"""Tables and API schemas: SQLModel classes that are both.
+
+Patterns shown:
+- Base / table / Create / Update / Public / list classes per resource, each labelled with
+  who it is for; fields a client must not set live only on the table (or the superuser's
+  update class), so sign-up and `/users/me` ignore them whatever the body says.
+- Update classes: every field optional, but an explicit `null` for a non-nullable column
+  is a 422, not a crash at commit (`str = Field(default=None)`: None is only the default).
+- Reusable `Annotated` field types: `Text` rejects what no database stores (NUL, lone
+  surrogates); `Password` counts UTF-8 bytes, bcrypt's real limit.
+- `UTCDateTime`: every datetime leaves the database timezone-aware UTC, on SQLite too.
+- Foreign keys with `ondelete="CASCADE"`: a user's items and notifications go with them.
+
+Imports: no project module.
+"""
+
+import re
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, EmailStr
+from sqlalchemy import DateTime, Dialect, Index, func
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,50}$"
+MAX_PASSWORD_BYTES = 72
+NotificationStatus = Literal["pending", "sent", "failed"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC, returns timezone-aware UTC (SQLite would hand back naive datetimes)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def _storable_text(value: str) -> str:
+    # PostgreSQL refuses NUL in text and no driver encodes a lone surrogate: reject
+    # both here as a 422 rather than as a 500 at commit.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if re.search("[\ud800-\udfff]", value):
+        raise ValueError("must be valid Unicode text")
+    return value
+
+
+def _single_line(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must be a single line")
+    return value
+
+
+def _password_bytes(value: str) -> str:
+    # bcrypt reads at most 72 bytes; longer would be silently cut (bcrypt < 5) or raise.
+    if not 8 <= len(value.encode("utf-8", "surrogatepass")) <= MAX_PASSWORD_BYTES:
+        raise ValueError("must be 8 to 72 bytes of UTF-8")
+    return _storable_text(value)
+
+
+Text = Annotated[str, AfterValidator(_storable_text)]
+Line = Annotated[str, AfterValidator(_storable_text), AfterValidator(_single_line)]
+Email = Annotated[EmailStr, AfterValidator(str.lower)]
+Password = Annotated[str, AfterValidator(_password_bytes)]
+
+
+def timestamp_field() -> Any:
+    return Field(default_factory=utc_now, sa_type=UTCDateTime, nullable=False)
+
+
+# --- Users --------------------------------------------------------------------------
+
+
+# Shared properties of a user, as clients see them
+class UserBase(SQLModel):
+    email: Email = Field(max_length=255, unique=True, schema_extra={"examples": ["ada@example.com"]})
+    username: Line = Field(min_length=3, max_length=50, regex=USERNAME_PATTERN, schema_extra={"examples": ["ada"]})
+    full_name: Line | None = Field(default=None, max_length=255, schema_extra={"examples": ["Ada Lovelace"]})
+
+
+# Database table: adds what only the server sets
+class User(UserBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    hashed_password: str
+    is_active: bool = True
+    is_superuser: bool = False
+    # Bumped when the password changes: tokens carry it, so older ones stop working.
+    token_version: int = 0
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
+
+
+# Usernames keep the case they were given but are unique regardless of it.
+Index("ix_user_username_lower", func.lower(User.username), unique=True)  # type: ignore[arg-type]
+
+
+# Body of sign-up (POST /users/)
+class UserCreate(UserBase):
+    password: Password = Field(schema_extra={"examples": ["correct horse battery"]})
+
+
+# Body of PATCH /users/me: what a user may change about themselves
+class UserUpdateMe(SQLModel):
+    email: Email = Field(default=None, max_length=255)
+    username: Line = Field(default=None, min_length=3, max_length=50, regex=USERNAME_PATTERN)
+    full_name: Line | None = Field(default=None, max_length=255)
+
+
+# Body of PATCH /users/{id}: what a superuser may change about anyone
+class UserUpdate(UserUpdateMe):
+    password: Password = Field(default=None)
+    is_active: bool = Field(default=None)
+    is_superuser: bool = Field(default=None)
+
+
+# Body of PATCH /users/me/password
+class UpdatePassword(SQLModel):
+    current_password: str = Field(max_length=1024)
+    new_password: Password = Field(schema_extra={"examples": ["a new long passphrase"]})
+
+
+# Returned for a user: never the password hash
+class UserPublic(UserBase):
+    id: int
+    is_active: bool
+    is_superuser: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class UsersPublic(SQLModel):
+    data: list[UserPublic]
+    count: int
+
+
+# --- Items --------------------------------------------------------------------------
+
+
+class ItemBase(SQLModel):
+    title: Text = Field(min_length=1, max_length=255, schema_extra={"examples": ["Buy milk"]})
+    description: Text | None = Field(default=None, max_length=1000, schema_extra={"examples": ["Two litres"]})
+
+
+class Item(ItemBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
+
+
+# Body of POST /items/: the owner is the caller, never the body
+class ItemCreate(ItemBase):
+    pass
+
+
+class ItemUpdate(SQLModel):
+    title: Text = Field(default=None, min_length=1, max_length=255)
+    description: Text | None = Field(default=None, max_length=1000)
+
+
+class ItemPublic(ItemBase):
+    id: int
+    owner_id: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ItemsPublic(SQLModel):
+    data: list[ItemPublic]
+    count: int
+
+
+# --- Notifications ------------------------------------------------------------------
+
+
+# What a background task was asked to send, and what became of it
+class NotificationBase(SQLModel):
+    email: Email = Field(max_length=255, schema_extra={"examples": ["ada@example.com"]})
+    subject: Line = Field(min_length=1, max_length=255, schema_extra={"examples": ["Hello"]})
+    message: Text = Field(min_length=1, max_length=10_000, schema_extra={"examples": ["Plain-text body"]})
+
+
+class Notification(NotificationBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
+    status: str = Field(default="pending", max_length=16)
+    error: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = timestamp_field()
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# Body of POST /notifications/
+class NotificationCreate(NotificationBase):
+    pass
+
+
+class NotificationPublic(NotificationBase):
+    id: int
+    owner_id: int
+    status: NotificationStatus
+    error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+class NotificationsPublic(SQLModel):
+    data: list[NotificationPublic]
+    count: int
+
+
+# --- Auth ---------------------------------------------------------------------------
+
+
+class Token(SQLModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+class PasswordRecovery(SQLModel):
+    email: Email = Field(max_length=255)
+
+
+class PasswordReset(SQLModel):
+    token: str = Field(max_length=4096)
+    new_password: Password
+
+
+class Message(SQLModel):
+    message: str
