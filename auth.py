@@ -115,9 +115,9 @@ def create_first_superuser(engine: Engine, settings: Settings) -> None:
         try:
             session.commit()
         except IntegrityError:
-            logger.info("First superuser not created: the email or username is already taken")
+            logger.info("First superuser not created: its email or username is already taken")
             return
-    logger.info("Created the first superuser (id %s)", user.id)
+        logger.info("Created the first superuser (id %s)", user.id)
 
 
 # --- Tokens -------------------------------------------------------------------------

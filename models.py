@@ -18,7 +18,7 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, EmailStr
+from pydantic import AfterValidator, EmailStr, StringConstraints
 from sqlalchemy import DateTime, Dialect, Index, func
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -75,6 +75,7 @@ def _password_bytes(value: str) -> str:
 Text = Annotated[str, AfterValidator(_storable_text)]
 Line = Annotated[str, AfterValidator(_storable_text), AfterValidator(_single_line)]
 Email = Annotated[EmailStr, AfterValidator(str.lower)]
+Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)]
 Password = Annotated[str, AfterValidator(_password_bytes)]
 
 
@@ -88,7 +89,7 @@ def timestamp_field() -> Any:
 # Shared properties of a user, as clients see them
 class UserBase(SQLModel):
     email: Email = Field(max_length=255, unique=True, schema_extra={"examples": ["ada@example.com"]})
-    username: Line = Field(min_length=3, max_length=50, regex=USERNAME_PATTERN, schema_extra={"examples": ["ada"]})
+    username: Username = Field(min_length=3, max_length=50, schema_extra={"examples": ["ada"]})
     full_name: Line | None = Field(default=None, max_length=255, schema_extra={"examples": ["Ada Lovelace"]})
 
 
@@ -116,7 +117,7 @@ class UserCreate(UserBase):
 # Body of PATCH /users/me: what a user may change about themselves
 class UserUpdateMe(SQLModel):
     email: Email = Field(default=None, max_length=255)
-    username: Line = Field(default=None, min_length=3, max_length=50, regex=USERNAME_PATTERN)
+    username: Username = Field(default=None, min_length=3, max_length=50)
     full_name: Line | None = Field(default=None, max_length=255)
 
 

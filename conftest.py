@@ -1,0 +1,114 @@
+"""Test fixtures shared by every `test_*.py`: a fresh app and database per test.
+
+Patterns shown:
+- An autouse fixture strips environment variables that would change behaviour, so the
+  suite passes the same on any machine, with or without a `.env`.
+- Each test gets its own database, built by the production engine function (WAL and
+  foreign keys really on): a SQLite file under `tmp_path`, or, when `TEST_DATABASE_URL`
+  names a PostgreSQL server, that database emptied first.
+- The app comes from `create_app(settings)` with test settings (`BCRYPT_ROUNDS=4` keeps
+  the suite fast), entered with `with TestClient(app)` so the lifespan runs.
+- Small helpers (`signup`, `login`) return what tests need next.
+
+Imports: config, models, database, main.
+"""
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import SQLModel
+
+from config import Settings, load_settings
+from database import create_db_engine
+from main import create_app
+
+TEST_SECRET_KEY = "test-secret-key-long-enough-for-hs512-which-wants-64-bytes-of-key"
+DEFAULT_PASSWORD = "correct horse battery"
+SUPERUSER_EMAIL = "root@example.com"
+SUPERUSER_PASSWORD = "superuser password"
+
+# Chosen by CI to run the whole suite again on PostgreSQL; read before the autouse
+# fixture below removes it from the environment.
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
+MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove every setting from the environment: tests state what they need."""
+    for field in fields(Settings):
+        monkeypatch.delenv(field.name, raising=False)
+    monkeypatch.delenv("TEST_DATABASE_URL", raising=False)
+
+
+@pytest.fixture(name="database_url")
+def database_url_fixture(tmp_path: Path) -> str:
+    """A fresh, empty database for this test."""
+    if not TEST_DATABASE_URL:
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    engine = create_db_engine(TEST_DATABASE_URL)
+    SQLModel.metadata.drop_all(engine)
+    engine.dispose()
+    return TEST_DATABASE_URL
+
+
+@pytest.fixture(name="make_settings")
+def make_settings_fixture(database_url: str) -> MakeSettings:
+    """Build test settings; keyword arguments override single variables."""
+
+    def make_settings(**overrides: str) -> Settings:
+        environ = {
+            "SECRET_KEY": TEST_SECRET_KEY,
+            "BCRYPT_ROUNDS": "4",
+            "DATABASE_URL": database_url,
+            "FIRST_SUPERUSER_EMAIL": SUPERUSER_EMAIL,
+            "FIRST_SUPERUSER_PASSWORD": SUPERUSER_PASSWORD,
+        }
+        return load_settings(environ | overrides)
+
+    return make_settings
+
+
+@pytest.fixture(name="settings")
+def settings_fixture(make_settings: MakeSettings) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture(name="client")
+def client_fixture(settings: Settings) -> Iterator[TestClient]:
+    """A client of a fresh app on the test settings, lifespan included."""
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def signup(client: TestClient, username: str = "ada", **fields: Any) -> dict[str, Any]:
+    """Sign `username` up (email `<username>@example.com`) and return the user's JSON."""
+    body = {"email": f"{username}@example.com", "username": username, "password": DEFAULT_PASSWORD} | fields
+    response = client.post("/api/v1/users/", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def login(client: TestClient, username: str, password: str = DEFAULT_PASSWORD) -> dict[str, str]:
+    """Log in and return the `Authorization` header to send."""
+    response = client.post("/api/v1/auth/login", data={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+@pytest.fixture(name="user_headers")
+def user_headers_fixture(client: TestClient) -> dict[str, str]:
+    """Headers of a freshly signed-up ordinary user, `ada`."""
+    signup(client, "ada")
+    return login(client, "ada")
+
+
+@pytest.fixture(name="superuser_headers")
+def superuser_headers_fixture(client: TestClient) -> dict[str, str]:
+    """Headers of the first superuser, created at start-up from the settings."""
+    return login(client, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)

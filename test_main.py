@@ -1,0 +1,821 @@
+"""Tests of the users, auth and items API (SPEC sections 3 to 5), one behaviour each.
+
+Fixtures and helpers come from conftest.py: every test runs on a fresh database.
+"""
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import jwt
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from config import Settings
+from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, MakeSettings, login, signup
+from database import create_db_engine
+from main import create_app
+from models import User
+
+API = "/api/v1"
+USER_FIELDS = {"id", "email", "username", "full_name", "is_active", "is_superuser", "created_at", "updated_at"}
+ITEM_FIELDS = {"id", "title", "description", "owner_id", "created_at", "updated_at"}
+BAD_CREDENTIALS = {"detail": "Incorrect username or password"}
+BAD_TOKEN = {"detail": "Could not validate credentials"}
+
+
+def make_token(settings: Settings, **claims: Any) -> str:
+    """A token signed with the app's key, with `claims` over sensible defaults."""
+    now = datetime.now(timezone.utc)
+    payload = {"sub": "1", "type": "access", "ver": 0, "iat": now, "exp": now + timedelta(minutes=5)} | claims
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, settings.SECRET_KEY, algorithm="HS256")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def create_items(client: TestClient, headers: dict[str, str], count: int) -> list[dict[str, Any]]:
+    items = []
+    for number in range(count):
+        response = client.post(f"{API}/items/", headers=headers, json={"title": f"item {number}"})
+        assert response.status_code == 201, response.text
+        items.append(response.json())
+    return items
+
+
+def assert_utc(timestamp: str) -> None:
+    """ISO 8601 with an explicit UTC offset, as SPEC 3 asks of every datetime."""
+    assert timestamp.endswith(("Z", "+00:00")), timestamp
+    assert datetime.fromisoformat(timestamp).utcoffset() == timedelta(0)
+
+
+# --- Health and docs -------------------------------------------------------------------
+
+
+def test_health_reports_ok_when_the_database_answers(client: TestClient) -> None:
+    """GET /health is 200 with status ok."""
+    response = client.get("/health")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "ok", "database": "ok"}
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", f"{API}/openapi.json"])
+def test_docs_and_schema_are_served(client: TestClient, path: str) -> None:
+    """Swagger UI, ReDoc and the schema answer 200 at their SPEC paths."""
+    assert client.get(path).status_code == 200
+
+
+def test_openapi_operation_ids_are_tag_and_function_name(client: TestClient) -> None:
+    """Operation ids read `tag-function_name` and are unique."""
+    schema = client.get(f"{API}/openapi.json").json()
+    ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids))
+    assert "users-create_user" in ids and "auth-login" in ids and "items-read_items" in ids
+    for operation_id in ids:
+        tag, _, name = operation_id.partition("-")
+        assert tag and name.isidentifier(), operation_id
+
+
+def test_openapi_never_shows_the_password_hash(client: TestClient) -> None:
+    """No schema of the API mentions hashed_password or token_version."""
+    text = client.get(f"{API}/openapi.json").text
+    assert "hashed_password" not in text
+    assert "token_version" not in text
+
+
+def test_swagger_authorize_button_logs_in_through_auth_login(client: TestClient) -> None:
+    """The OAuth2 password flow of the schema points at the login endpoint."""
+    schemes = client.get(f"{API}/openapi.json").json()["components"]["securitySchemes"]
+    assert schemes["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"] == f"{API}/auth/login"
+
+
+# --- Sign-up ---------------------------------------------------------------------------
+
+
+def test_signup_returns_the_public_user(client: TestClient) -> None:
+    """201 with exactly the public fields; email lower-cased, username kept as given."""
+    response = client.post(
+        f"{API}/users/",
+        json={"email": "Ada@Example.COM", "username": "Ada.L", "password": DEFAULT_PASSWORD, "full_name": "Ada"},
+    )
+    assert response.status_code == 201, response.text
+    user = response.json()
+    assert set(user) == USER_FIELDS
+    assert user["email"] == "ada@example.com"
+    assert user["username"] == "Ada.L"
+    assert user["full_name"] == "Ada"
+    assert user["is_active"] is True and user["is_superuser"] is False
+    assert_utc(user["created_at"])
+    assert_utc(user["updated_at"])
+
+
+def test_signup_ignores_fields_a_client_may_not_set(client: TestClient) -> None:
+    """id, is_active, is_superuser and timestamps in the body change nothing."""
+    body = {
+        "email": "eve@example.com",
+        "username": "eve",
+        "password": DEFAULT_PASSWORD,
+        "id": 999,
+        "is_superuser": True,
+        "is_active": False,
+        "created_at": "2000-01-01T00:00:00Z",
+        "hashed_password": "x",
+    }
+    response = client.post(f"{API}/users/", json=body)
+    assert response.status_code == 201, response.text
+    user = response.json()
+    assert user["id"] != 999 and user["is_superuser"] is False and user["is_active"] is True
+    assert not user["created_at"].startswith("2000")
+    login(client, "eve")
+
+
+def test_signup_duplicate_email_in_any_case_gets_400(client: TestClient) -> None:
+    """Emails are unique regardless of case."""
+    signup(client, "ada")
+    response = client.post(
+        f"{API}/users/", json={"email": "ADA@example.com", "username": "other", "password": DEFAULT_PASSWORD}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": "Email already registered"}
+
+
+def test_signup_duplicate_username_in_any_case_gets_400(client: TestClient) -> None:
+    """Usernames are unique regardless of case."""
+    signup(client, "ada")
+    response = client.post(
+        f"{API}/users/", json={"email": "other@example.com", "username": "ADA", "password": DEFAULT_PASSWORD}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": "Username already taken"}
+
+
+def test_signup_accepts_a_password_of_exactly_72_bytes(client: TestClient) -> None:
+    """36 two-byte characters are 72 bytes: the longest password bcrypt reads."""
+    signup(client, "ada", password="é" * 36)
+    login(client, "ada", "é" * 36)
+
+
+VALID_SIGNUP = {"email": "new@example.com", "username": "newbie", "password": DEFAULT_PASSWORD}
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"email": "not-an-email"}, "email"),
+        ({"email": None}, "email"),
+        ({"username": "ab"}, "username"),
+        ({"username": "a" * 51}, "username"),
+        ({"username": "has space"}, "username"),
+        ({"username": "at@sign"}, "username"),
+        ({"password": "short7b"}, "password"),
+        ({"password": "é" * 36 + "x"}, "password"),
+        ({"password": "a" * 73}, "password"),
+        ({"full_name": "x" * 256}, "full_name"),
+        ({"full_name": "nul\u0000byte"}, "full_name"),
+        ({"username": None}, "username"),
+    ],
+)
+def test_signup_invalid_field_gets_422(client: TestClient, changes: dict[str, Any], field: str) -> None:
+    """Each bad field is a 422 naming it, and no user is created."""
+    response = client.post(f"{API}/users/", json=VALID_SIGNUP | changes)
+    assert response.status_code == 422, response.text
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", field]]
+    assert client.post(f"{API}/auth/login", data={"username": "newbie", "password": DEFAULT_PASSWORD}).status_code == 401
+
+
+@pytest.mark.parametrize("missing", ["email", "username", "password"])
+def test_signup_missing_field_gets_422(client: TestClient, missing: str) -> None:
+    """email, username and password are required."""
+    body = {key: value for key, value in VALID_SIGNUP.items() if key != missing}
+    response = client.post(f"{API}/users/", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", missing]
+
+
+@pytest.mark.parametrize(
+    "raw_body",
+    [
+        b'{"email": "x@example.com", "username": "lone", "password": "\\ud800\\ud800abcdefgh"}',
+        b'{"email": "x@example.com", "username": "lone", "password": "abcdefgh", "full_name": "\\udfff"}',
+        b'{"email": "x@example.com", "username": "lone", "password": "\xff\xfe"}',
+        b'{"email": ',
+        b"[1, 2, 3]",
+        b'"just a string"',
+    ],
+)
+def test_signup_malformed_body_gets_4xx_json_not_500(client: TestClient, raw_body: bytes) -> None:
+    """Lone surrogates, bad UTF-8 and broken JSON get a JSON 4xx with a detail."""
+    response = client.post(f"{API}/users/", content=raw_body, headers={"Content-Type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text
+    assert "detail" in response.json()
+
+
+def test_hand_raised_and_framework_422_have_the_same_shape(client: TestClient) -> None:
+    """Our 422 handler keeps FastAPI's body: a list of errors with loc, msg and type."""
+    response = client.post(f"{API}/users/", json={})
+    assert response.status_code == 422
+    for error in response.json()["detail"]:
+        assert {"loc", "msg", "type"} <= set(error)
+
+
+# --- Login -----------------------------------------------------------------------------
+
+
+def test_login_with_username_returns_a_bearer_token(client: TestClient) -> None:
+    """200 with access_token, token_type bearer and expires_in in whole seconds."""
+    signup(client, "ada")
+    response = client.post(f"{API}/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 30 * 60
+
+
+def test_login_accepts_email_or_username_in_any_case(client: TestClient) -> None:
+    """The username field takes the username or the email, case-insensitively."""
+    signup(client, "Ada")
+    for name in ("Ada", "ada", "ADA", "ada@example.com", "ADA@Example.com"):
+        login(client, name)
+
+
+def test_login_token_has_the_spec_claims(client: TestClient, settings: Settings) -> None:
+    """sub is the user id as a string; exp, iat and a token type are present."""
+    user = signup(client, "ada")
+    token = login(client, "ada")["Authorization"].split()[1]
+    claims = jwt.decode(token, settings.SECRET_KEY, algorithms=["HS256"])
+    assert claims["sub"] == str(user["id"])
+    assert claims["type"] == "access"
+    assert claims["exp"] - claims["iat"] == 30 * 60
+
+
+def test_login_unknown_user_and_wrong_password_get_the_same_401(client: TestClient) -> None:
+    """Same status, body and header: a login attempt does not reveal which accounts exist."""
+    signup(client, "ada")
+    wrong = client.post(f"{API}/auth/login", data={"username": "ada", "password": "wrong password"})
+    unknown = client.post(f"{API}/auth/login", data={"username": "nobody", "password": "wrong password"})
+    for response in (wrong, unknown):
+        assert response.status_code == 401, response.text
+        assert response.json() == BAD_CREDENTIALS
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_login_with_password_over_72_bytes_gets_401(client: TestClient) -> None:
+    """bcrypt 5 raises on long input; login answers 401, never 500."""
+    signup(client, "ada")
+    response = client.post(f"{API}/auth/login", data={"username": "ada", "password": "x" * 100})
+    assert response.status_code == 401, response.text
+    assert response.json() == BAD_CREDENTIALS
+
+
+def test_login_with_nul_byte_username_gets_401(client: TestClient) -> None:
+    """A NUL byte never reaches the database (PostgreSQL refuses it)."""
+    response = client.post(f"{API}/auth/login", data={"username": "ada\x00", "password": DEFAULT_PASSWORD})
+    assert response.status_code == 401, response.text
+
+
+def test_login_of_inactive_user_gets_403(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """A deactivated user with the right password gets 403."""
+    user = signup(client, "ada")
+    client.patch(f"{API}/users/{user['id']}", headers=superuser_headers, json={"is_active": False})
+    response = client.post(f"{API}/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD})
+    assert response.status_code == 403, response.text
+    assert response.json() == {"detail": "Inactive user"}
+
+
+@pytest.mark.parametrize("form", [{}, {"username": "ada"}, {"password": DEFAULT_PASSWORD}])
+def test_login_missing_form_field_gets_422(client: TestClient, form: dict[str, str]) -> None:
+    """username and password are both required."""
+    response = client.post(f"{API}/auth/login", data=form)
+    assert response.status_code == 422, response.text
+
+
+def test_login_rehashes_a_password_stored_at_another_cost(make_settings: MakeSettings) -> None:
+    """Raising BCRYPT_ROUNDS takes effect at each user's next login, no migration needed."""
+    with TestClient(create_app(make_settings(BCRYPT_ROUNDS="4"))) as client:
+        signup(client, "ada")
+    settings = make_settings(BCRYPT_ROUNDS="5")
+    with TestClient(create_app(settings)) as client:
+        headers = login(client, "ada")
+        assert client.get(f"{API}/users/me", headers=headers).status_code == 200
+    with Session(create_db_engine(settings.DATABASE_URL)) as session:
+        user = session.exec(select(User).where(User.username == "ada")).one()
+        assert user.hashed_password.startswith("$2b$05$")
+
+
+# --- Access tokens ---------------------------------------------------------------------
+
+
+def test_me_without_token_gets_401_with_bearer_challenge(client: TestClient) -> None:
+    """No Authorization header: 401 and WWW-Authenticate: Bearer."""
+    response = client.get(f"{API}/users/me")
+    assert response.status_code == 401, response.text
+    assert response.json() == {"detail": "Not authenticated"}
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    "bad_token",
+    [
+        pytest.param(lambda s: "not-a-jwt", id="garbage"),
+        pytest.param(lambda s: make_token(s, exp=datetime.now(timezone.utc) - timedelta(seconds=1)), id="expired"),
+        pytest.param(lambda s: make_token(s)[:-2] + "xx", id="tampered"),
+        pytest.param(lambda s: jwt.encode({"sub": "1", "type": "access", "ver": 0}, key=None, algorithm="none"), id="alg-none"),
+        pytest.param(lambda s: jwt.encode({"sub": "1", "type": "access", "ver": 0, "exp": 9999999999, "iat": 1}, s.SECRET_KEY, algorithm="HS512"), id="other-algorithm"),
+        pytest.param(lambda s: make_token(s, type="reset"), id="reset-type"),
+        pytest.param(lambda s: make_token(s, type=None), id="no-type"),
+        pytest.param(lambda s: make_token(s, exp=None), id="no-exp"),
+        pytest.param(lambda s: make_token(s, sub=None), id="no-sub"),
+        pytest.param(lambda s: make_token(s, sub="abc"), id="sub-not-an-id"),
+        pytest.param(lambda s: make_token(s, sub=str(2**70)), id="sub-beyond-64-bits"),
+        pytest.param(lambda s: make_token(s, ver=1), id="revoked-version"),
+        pytest.param(lambda s: jwt.encode({"sub": "1", "type": "access", "ver": 0, "exp": 9999999999, "iat": 1}, "another key long enough for hs256!", algorithm="HS256"), id="other-key"),
+    ],
+)
+def test_bad_access_token_gets_401(client: TestClient, settings: Settings, bad_token: Any) -> None:
+    """Every kind of bad token gets the same 401 with the Bearer challenge."""
+    signup(client, "ada")  # user id 2 (the superuser is 1): tokens for sub 1 would be valid otherwise
+    login(client, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    response = client.get(f"{API}/users/me", headers=bearer(bad_token(settings)))
+    assert response.status_code == 401, response.text
+    assert response.json() == BAD_TOKEN
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_token_crafted_with_the_right_claims_is_accepted(client: TestClient, settings: Settings) -> None:
+    """The control for the table above: the same helper with no change passes."""
+    response = client.get(f"{API}/users/me", headers=bearer(make_token(settings)))
+    assert response.status_code == 200, response.text
+    assert response.json()["email"] == SUPERUSER_EMAIL
+
+
+def test_token_of_deleted_user_gets_401(client: TestClient, user_headers: dict[str, str]) -> None:
+    """Deleting the account invalidates its tokens."""
+    assert client.delete(f"{API}/users/me", headers=user_headers).status_code == 204
+    response = client.get(f"{API}/users/me", headers=user_headers)
+    assert response.status_code == 401, response.text
+    assert response.json() == BAD_TOKEN
+
+
+def test_token_of_deactivated_user_gets_403(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """A token of a user deactivated since it was issued gets 403 Inactive user."""
+    user = signup(client, "ada")
+    headers = login(client, "ada")
+    client.patch(f"{API}/users/{user['id']}", headers=superuser_headers, json={"is_active": False})
+    response = client.get(f"{API}/users/me", headers=headers)
+    assert response.status_code == 403, response.text
+    assert response.json() == {"detail": "Inactive user"}
+
+
+# --- /users/me -------------------------------------------------------------------------
+
+
+def test_read_me_returns_the_caller(client: TestClient, user_headers: dict[str, str]) -> None:
+    """GET /users/me is the caller's public user."""
+    response = client.get(f"{API}/users/me", headers=user_headers)
+    assert response.status_code == 200, response.text
+    assert set(response.json()) == USER_FIELDS
+    assert response.json()["username"] == "ada"
+
+
+def test_update_me_changes_only_what_is_sent(client: TestClient, user_headers: dict[str, str]) -> None:
+    """PATCH /users/me updates the given fields, lower-cases email, bumps updated_at."""
+    before = client.get(f"{API}/users/me", headers=user_headers).json()
+    response = client.patch(f"{API}/users/me", headers=user_headers, json={"full_name": "Ada L", "email": "NEW@Example.com"})
+    assert response.status_code == 200, response.text
+    after = response.json()
+    assert after["full_name"] == "Ada L" and after["email"] == "new@example.com"
+    assert after["username"] == "ada"
+    assert after["updated_at"] > before["updated_at"]
+    assert after["created_at"] == before["created_at"]
+
+
+def test_update_me_cannot_grant_privileges(client: TestClient, user_headers: dict[str, str]) -> None:
+    """is_superuser, is_active and id in the body are ignored."""
+    response = client.patch(
+        f"{API}/users/me", headers=user_headers, json={"is_superuser": True, "is_active": False, "id": 1}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["is_superuser"] is False and response.json()["is_active"] is True
+    assert response.json()["id"] != 1
+
+
+def test_update_me_full_name_can_be_cleared(client: TestClient) -> None:
+    """full_name is nullable: an explicit null clears it."""
+    signup(client, "ada", full_name="Ada")
+    response = client.patch(f"{API}/users/me", headers=login(client, "ada"), json={"full_name": None})
+    assert response.status_code == 200, response.text
+    assert response.json()["full_name"] is None
+
+
+@pytest.mark.parametrize("field", ["email", "username"])
+def test_update_me_explicit_null_for_required_field_gets_422(
+    client: TestClient, user_headers: dict[str, str], field: str
+) -> None:
+    """null for a non-nullable column is a 422, not a 500 at commit."""
+    response = client.patch(f"{API}/users/me", headers=user_headers, json={field: None})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+
+
+@pytest.mark.parametrize(
+    ("changes", "detail"),
+    [
+        ({"email": "BOB@example.com"}, "Email already registered"),
+        ({"username": "Bob"}, "Username already taken"),
+    ],
+)
+def test_update_me_to_another_users_email_or_username_gets_400(
+    client: TestClient, user_headers: dict[str, str], changes: dict[str, str], detail: str
+) -> None:
+    """Uniqueness holds on update too, in any case."""
+    signup(client, "bob")
+    response = client.patch(f"{API}/users/me", headers=user_headers, json=changes)
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": detail}
+
+
+def test_update_me_to_own_email_and_username_is_fine(client: TestClient, user_headers: dict[str, str]) -> None:
+    """Sending back one's own values is no duplicate."""
+    response = client.patch(f"{API}/users/me", headers=user_headers, json={"email": "ada@example.com", "username": "ADA"})
+    assert response.status_code == 200, response.text
+    assert response.json()["username"] == "ADA"
+
+
+def test_update_me_requires_a_token(client: TestClient) -> None:
+    """401 without a token."""
+    assert client.patch(f"{API}/users/me", json={"full_name": "x"}).status_code == 401
+
+
+def test_update_password_me_changes_the_password(client: TestClient, user_headers: dict[str, str]) -> None:
+    """200, then only the new password logs in."""
+    response = client.patch(
+        f"{API}/users/me/password",
+        headers=user_headers,
+        json={"current_password": DEFAULT_PASSWORD, "new_password": "a brand new password"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"message": "Password updated"}
+    login(client, "ada", "a brand new password")
+    assert client.post(f"{API}/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD}).status_code == 401
+
+
+def test_update_password_me_revokes_earlier_tokens(client: TestClient, user_headers: dict[str, str]) -> None:
+    """Tokens issued before a password change get 401; a new login works."""
+    second_session = login(client, "ada")
+    client.patch(
+        f"{API}/users/me/password",
+        headers=user_headers,
+        json={"current_password": DEFAULT_PASSWORD, "new_password": "a brand new password"},
+    )
+    for headers in (user_headers, second_session):
+        response = client.get(f"{API}/users/me", headers=headers)
+        assert response.status_code == 401, response.text
+        assert response.json() == BAD_TOKEN
+    fresh = login(client, "ada", "a brand new password")
+    assert client.get(f"{API}/users/me", headers=fresh).status_code == 200
+
+
+def test_update_password_me_with_wrong_current_password_gets_400(client: TestClient, user_headers: dict[str, str]) -> None:
+    """400 and the password stays."""
+    response = client.patch(
+        f"{API}/users/me/password",
+        headers=user_headers,
+        json={"current_password": "not my password", "new_password": "a brand new password"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": "Incorrect password"}
+    login(client, "ada")
+
+
+def test_update_password_me_with_too_long_new_password_gets_422(client: TestClient, user_headers: dict[str, str]) -> None:
+    """A new password over 72 bytes is a clear 422."""
+    response = client.patch(
+        f"{API}/users/me/password",
+        headers=user_headers,
+        json={"current_password": DEFAULT_PASSWORD, "new_password": "🔑" * 19},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "new_password"]
+    assert "72 bytes" in response.json()["detail"][0]["msg"]
+
+
+def test_delete_me_removes_the_user_with_items(
+    client: TestClient, user_headers: dict[str, str], superuser_headers: dict[str, str]
+) -> None:
+    """204, and the user's items go too (foreign keys on, also on SQLite)."""
+    create_items(client, user_headers, 3)
+    response = client.delete(f"{API}/users/me", headers=user_headers)
+    assert response.status_code == 204, response.text
+    assert response.content == b""
+    assert client.get(f"{API}/items/", headers=superuser_headers).json() == {"data": [], "count": 0}
+
+
+# --- /users (superuser) ---------------------------------------------------------------
+
+
+def test_read_users_lists_everyone_by_id_with_total_count(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """{data, count}: count is the total, data the page, ordered by id."""
+    for name in ("bob", "cyd", "dee"):
+        signup(client, name)
+    response = client.get(f"{API}/users/", headers=superuser_headers, params={"skip": 1, "limit": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["count"] == 4
+    assert [user["username"] for user in body["data"]] == ["bob", "cyd"]
+
+
+def test_read_users_as_ordinary_user_gets_403(client: TestClient, user_headers: dict[str, str]) -> None:
+    """Only superusers list users."""
+    response = client.get(f"{API}/users/", headers=user_headers)
+    assert response.status_code == 403, response.text
+    assert response.json() == {"detail": "Not enough privileges"}
+
+
+@pytest.mark.parametrize(
+    "params", [{"skip": -1}, {"limit": 0}, {"limit": 101}, {"skip": 2**63}, {"skip": "x"}, {"limit": 10**30}]
+)
+def test_pagination_out_of_range_gets_422(client: TestClient, superuser_headers: dict[str, str], params: dict[str, Any]) -> None:
+    """skip >= 0 (up to 64 bits), 1 <= limit <= 100."""
+    for path in ("/users/", "/items/", "/notifications/"):
+        response = client.get(f"{API}{path}", headers=superuser_headers, params=params)
+        assert response.status_code == 422, (path, response.text)
+
+
+def test_pagination_largest_skip_gives_an_empty_page(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """The largest 64-bit skip is valid and just finds nothing."""
+    response = client.get(f"{API}/users/", headers=superuser_headers, params={"skip": 2**63 - 1, "limit": 100})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"data": [], "count": 1}
+
+
+def test_read_user_by_id_self_is_allowed(client: TestClient) -> None:
+    """An ordinary user may read their own record by id."""
+    user = signup(client, "ada")
+    response = client.get(f"{API}/users/{user['id']}", headers=login(client, "ada"))
+    assert response.status_code == 200, response.text
+    assert response.json() == user | {"updated_at": response.json()["updated_at"]}
+
+
+@pytest.mark.parametrize("other_id", [1, 9999])
+def test_read_user_by_id_of_another_gets_403_existing_or_not(
+    client: TestClient, user_headers: dict[str, str], other_id: int
+) -> None:
+    """403 for someone else's id whether it exists (1: the superuser) or not."""
+    response = client.get(f"{API}/users/{other_id}", headers=user_headers)
+    assert response.status_code == 403, response.text
+    assert response.json() == {"detail": "Not enough privileges"}
+
+
+def test_read_user_by_id_as_superuser(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """A superuser reads anyone; a missing id is 404."""
+    user = signup(client, "ada")
+    assert client.get(f"{API}/users/{user['id']}", headers=superuser_headers).json()["username"] == "ada"
+    response = client.get(f"{API}/users/9999", headers=superuser_headers)
+    assert response.status_code == 404, response.text
+    assert response.json() == {"detail": "User not found"}
+
+
+@pytest.mark.parametrize("bad_id", ["0", "-1", str(2**63), str(2**64), "abc"])
+def test_user_id_out_of_range_gets_422(client: TestClient, superuser_headers: dict[str, str], bad_id: str) -> None:
+    """Ids are positive 64-bit integers: larger never reaches the database."""
+    assert client.get(f"{API}/users/{bad_id}", headers=superuser_headers).status_code == 422
+
+
+def test_update_user_as_superuser(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """A superuser may change flags and profile fields."""
+    user = signup(client, "ada")
+    response = client.patch(
+        f"{API}/users/{user['id']}",
+        headers=superuser_headers,
+        json={"is_superuser": True, "full_name": "Admin Ada", "username": "ada2"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["is_superuser"] is True and body["full_name"] == "Admin Ada" and body["username"] == "ada2"
+
+
+def test_update_user_password_as_superuser_revokes_tokens(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """A superuser setting a password revokes the user's earlier tokens."""
+    user = signup(client, "ada")
+    headers = login(client, "ada")
+    response = client.patch(f"{API}/users/{user['id']}", headers=superuser_headers, json={"password": "set by admin 1"})
+    assert response.status_code == 200, response.text
+    assert client.get(f"{API}/users/me", headers=headers).status_code == 401
+    login(client, "ada", "set by admin 1")
+
+
+def test_update_user_as_ordinary_user_gets_403(client: TestClient, user_headers: dict[str, str]) -> None:
+    """Only superusers update others."""
+    response = client.patch(f"{API}/users/1", headers=user_headers, json={"is_superuser": False})
+    assert response.status_code == 403, response.text
+    assert response.json() == {"detail": "Not enough privileges"}
+
+
+def test_update_missing_user_gets_404(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """404 for an id that does not exist."""
+    response = client.patch(f"{API}/users/9999", headers=superuser_headers, json={"full_name": "x"})
+    assert response.status_code == 404, response.text
+    assert response.json() == {"detail": "User not found"}
+
+
+def test_update_user_to_duplicate_email_gets_400(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """Uniqueness holds for superuser updates too."""
+    user = signup(client, "ada")
+    response = client.patch(f"{API}/users/{user['id']}", headers=superuser_headers, json={"email": SUPERUSER_EMAIL})
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": "Email already registered"}
+
+
+@pytest.mark.parametrize("field", ["email", "username", "is_active", "is_superuser", "password"])
+def test_update_user_explicit_null_gets_422(client: TestClient, superuser_headers: dict[str, str], field: str) -> None:
+    """null for a non-nullable field is a 422."""
+    user = signup(client, "ada")
+    response = client.patch(f"{API}/users/{user['id']}", headers=superuser_headers, json={field: None})
+    assert response.status_code == 422, response.text
+
+
+def test_delete_user_as_superuser_removes_their_items(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """204, then the user is 404 and their items are gone."""
+    user = signup(client, "ada")
+    create_items(client, login(client, "ada"), 2)
+    response = client.delete(f"{API}/users/{user['id']}", headers=superuser_headers)
+    assert response.status_code == 204, response.text
+    assert client.get(f"{API}/users/{user['id']}", headers=superuser_headers).status_code == 404
+    assert client.get(f"{API}/items/", headers=superuser_headers).json()["count"] == 0
+
+
+def test_delete_user_as_ordinary_user_gets_403(client: TestClient, user_headers: dict[str, str]) -> None:
+    """Only superusers delete others."""
+    response = client.delete(f"{API}/users/1", headers=user_headers)
+    assert response.status_code == 403, response.text
+    assert response.json() == {"detail": "Not enough privileges"}
+
+
+def test_delete_missing_user_gets_404(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """404 for an id that does not exist."""
+    response = client.delete(f"{API}/users/9999", headers=superuser_headers)
+    assert response.status_code == 404, response.text
+    assert response.json() == {"detail": "User not found"}
+
+
+def test_first_superuser_is_created_once(make_settings: MakeSettings) -> None:
+    """Starting three times on the same database leaves one user, the superuser."""
+    settings = make_settings()
+    for _ in range(2):
+        with TestClient(create_app(settings)):
+            pass
+    with TestClient(create_app(settings)) as client:
+        headers = login(client, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+        listing = client.get(f"{API}/users/", headers=headers).json()
+    assert listing["count"] == 1
+    assert listing["data"][0]["is_superuser"] is True
+
+
+# --- Items -----------------------------------------------------------------------------
+
+
+def test_create_item_is_owned_by_the_caller(client: TestClient, user_headers: dict[str, str]) -> None:
+    """201 with the public item; owner_id and id in the body are ignored."""
+    me = client.get(f"{API}/users/me", headers=user_headers).json()
+    response = client.post(
+        f"{API}/items/", headers=user_headers, json={"title": "Milk", "description": "2 l", "owner_id": 1, "id": 77}
+    )
+    assert response.status_code == 201, response.text
+    item = response.json()
+    assert set(item) == ITEM_FIELDS
+    assert item["owner_id"] == me["id"] and item["id"] != 77
+    assert item["title"] == "Milk" and item["description"] == "2 l"
+    assert_utc(item["created_at"])
+    assert_utc(item["updated_at"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"title": ""},
+        {"title": "x" * 256},
+        {"title": None},
+        {"title": 5},
+        {"title": "ok", "description": "x" * 1001},
+        {"title": "nul \u0000"},
+        {"title": "ok", "description": "nul \u0000"},
+    ],
+)
+def test_create_item_invalid_body_gets_422(client: TestClient, user_headers: dict[str, str], body: dict[str, Any]) -> None:
+    """title 1-255 characters, description up to 1000, no NUL; nothing is stored."""
+    response = client.post(f"{API}/items/", headers=user_headers, json=body)
+    assert response.status_code == 422, response.text
+    assert client.get(f"{API}/items/", headers=user_headers).json()["count"] == 0
+
+
+def test_create_item_accepts_the_longest_title_and_description(client: TestClient, user_headers: dict[str, str]) -> None:
+    """The limits are inclusive."""
+    response = client.post(f"{API}/items/", headers=user_headers, json={"title": "x" * 255, "description": "y" * 1000})
+    assert response.status_code == 201, response.text
+
+
+def test_items_require_a_token(client: TestClient) -> None:
+    """Every items route is 401 without a token."""
+    for method, path in (("get", "/items/"), ("post", "/items/"), ("get", "/items/1"), ("patch", "/items/1"), ("delete", "/items/1")):
+        response = client.request(method, f"{API}{path}", json={"title": "x"})
+        assert response.status_code == 401, (method, path)
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_read_items_lists_own_items_by_id_with_total_count(client: TestClient, user_headers: dict[str, str]) -> None:
+    """Only the caller's items, ordered by id; count is the total."""
+    signup(client, "bob")
+    create_items(client, login(client, "bob"), 2)
+    mine = create_items(client, user_headers, 5)
+    response = client.get(f"{API}/items/", headers=user_headers, params={"skip": 1, "limit": 3})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"data": mine[1:4], "count": 5}
+
+
+def test_read_items_as_superuser_lists_everyones(client: TestClient, user_headers: dict[str, str], superuser_headers: dict[str, str]) -> None:
+    """A superuser sees all items."""
+    create_items(client, user_headers, 2)
+    create_items(client, superuser_headers, 1)
+    assert client.get(f"{API}/items/", headers=superuser_headers).json()["count"] == 3
+
+
+def test_read_item_of_owner(client: TestClient, user_headers: dict[str, str]) -> None:
+    """The owner reads their item."""
+    [item] = create_items(client, user_headers, 1)
+    response = client.get(f"{API}/items/{item['id']}", headers=user_headers)
+    assert response.status_code == 200, response.text
+    assert response.json() == item
+
+
+def test_read_item_of_another_user_gets_404(client: TestClient, user_headers: dict[str, str]) -> None:
+    """Someone else's item is 404, as if it did not exist."""
+    signup(client, "bob")
+    [item] = create_items(client, login(client, "bob"), 1)
+    for method in ("get", "patch", "delete"):
+        response = client.request(method, f"{API}/items/{item['id']}", headers=user_headers, json={"title": "mine"})
+        assert response.status_code == 404, response.text
+        assert response.json() == {"detail": "Item not found"}
+
+
+def test_missing_item_gets_404(client: TestClient, user_headers: dict[str, str]) -> None:
+    """An id with no item is 404 for read, update and delete."""
+    for method in ("get", "patch", "delete"):
+        response = client.request(method, f"{API}/items/9999", headers=user_headers, json={"title": "x"})
+        assert response.status_code == 404, response.text
+        assert response.json() == {"detail": "Item not found"}
+
+
+def test_superuser_reads_updates_and_deletes_any_item(
+    client: TestClient, user_headers: dict[str, str], superuser_headers: dict[str, str]
+) -> None:
+    """Owner or superuser: the superuser passes every item check."""
+    [item] = create_items(client, user_headers, 1)
+    url = f"{API}/items/{item['id']}"
+    assert client.get(url, headers=superuser_headers).status_code == 200
+    assert client.patch(url, headers=superuser_headers, json={"title": "by root"}).json()["title"] == "by root"
+    assert client.delete(url, headers=superuser_headers).status_code == 204
+
+
+def test_update_item_changes_only_what_is_sent(client: TestClient, user_headers: dict[str, str]) -> None:
+    """PATCH keeps unsent fields, may clear description, bumps updated_at."""
+    item = client.post(f"{API}/items/", headers=user_headers, json={"title": "a", "description": "b"}).json()
+    response = client.patch(f"{API}/items/{item['id']}", headers=user_headers, json={"description": None})
+    assert response.status_code == 200, response.text
+    updated = response.json()
+    assert updated["title"] == "a" and updated["description"] is None
+    assert updated["updated_at"] > item["updated_at"] and updated["created_at"] == item["created_at"]
+
+
+@pytest.mark.parametrize("body", [{"title": None}, {"title": ""}, {"title": "x" * 256}, {"owner_id": "x", "title": 1}])
+def test_update_item_invalid_body_gets_422(client: TestClient, user_headers: dict[str, str], body: dict[str, Any]) -> None:
+    """An explicit null title is a 422, like any invalid value; the item stays."""
+    [item] = create_items(client, user_headers, 1)
+    response = client.patch(f"{API}/items/{item['id']}", headers=user_headers, json=body)
+    assert response.status_code == 422, response.text
+    assert client.get(f"{API}/items/{item['id']}", headers=user_headers).json() == item
+
+
+def test_update_item_cannot_change_owner(client: TestClient, user_headers: dict[str, str]) -> None:
+    """owner_id in a PATCH body is ignored."""
+    [item] = create_items(client, user_headers, 1)
+    response = client.patch(f"{API}/items/{item['id']}", headers=user_headers, json={"owner_id": 1, "title": "t"})
+    assert response.status_code == 200, response.text
+    assert response.json()["owner_id"] == item["owner_id"]
+
+
+def test_delete_item_removes_it(client: TestClient, user_headers: dict[str, str]) -> None:
+    """204 with no body, then 404."""
+    [item] = create_items(client, user_headers, 1)
+    response = client.delete(f"{API}/items/{item['id']}", headers=user_headers)
+    assert response.status_code == 204, response.text
+    assert response.content == b""
+    assert client.get(f"{API}/items/{item['id']}", headers=user_headers).status_code == 404
+
+
+@pytest.mark.parametrize("bad_id", ["0", str(2**63), str(2**64), "1.5"])
+def test_item_id_out_of_range_gets_422(client: TestClient, user_headers: dict[str, str], bad_id: str) -> None:
+    """Item ids beyond 64 bits never reach the database."""
+    assert client.get(f"{API}/items/{bad_id}", headers=user_headers).status_code == 422
