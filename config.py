@@ -182,7 +182,6 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         API_V1_STR=_api_prefix(environ),
         ENVIRONMENT=cast(Literal["development", "production"], environment),
         DATABASE_URL=_database_url(environ),
-        SECRET_KEY=_secret_key(environ, environment),
         ALGORITHM=_choice(environ, "ALGORITHM", "HS256", ALLOWED_ALGORITHMS),
         ACCESS_TOKEN_EXPIRE_MINUTES=_integer(environ, "ACCESS_TOKEN_EXPIRE_MINUTES", 30, 1, 525_600),
         RESET_TOKEN_EXPIRE_MINUTES=_integer(environ, "RESET_TOKEN_EXPIRE_MINUTES", 15, 1, 10_080),
@@ -200,6 +199,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         EMAILS_FROM=environ.get("EMAILS_FROM", "").strip() or Settings.EMAILS_FROM,
         LOG_LEVEL=_choice({"LOG_LEVEL": environ.get("LOG_LEVEL", "").upper()}, "LOG_LEVEL", "INFO", LOG_LEVELS),
         THREADPOOL_SIZE=_integer(environ, "THREADPOOL_SIZE", 40, 1, 1000),
+        # Last: its warning or key file only once every other value is known to be good.
+        SECRET_KEY=_secret_key(environ, environment),
     )
 
 

@@ -36,6 +36,7 @@ from auth import (
     SuperUser,
     authenticate,
     create_first_superuser,
+    credentials_error,
     create_token,
     hash_password,
     set_password,
@@ -77,14 +78,14 @@ from models import (
 )
 
 MAX_BODY_BYTES = 1024 * 1024
-MAX_DB_INT = 2**63 - 1  # SQLite and PostgreSQL integers are 64-bit: larger overflows the driver
-
-# Pagination and ids, bounded so no value reaches the database as an overflow.
+# SQLite and PostgreSQL integers are 64-bit: a larger number overflows the driver (a 500),
+# so ids and offsets are bounded to what the database can hold (a 422 beyond).
+MIN_DB_INT, MAX_DB_INT = -(2**63), 2**63 - 1
 Skip = Annotated[int, Query(ge=0, le=MAX_DB_INT)]
 Limit = Annotated[int, Query(ge=1, le=100)]
-UserId = Annotated[int, Path(ge=1, le=MAX_DB_INT)]
-ItemId = Annotated[int, Path(ge=1, le=MAX_DB_INT)]
-NotificationId = Annotated[int, Path(ge=1, le=MAX_DB_INT)]
+UserId = Annotated[int, Path(ge=MIN_DB_INT, le=MAX_DB_INT)]
+ItemId = Annotated[int, Path(ge=MIN_DB_INT, le=MAX_DB_INT)]
+NotificationId = Annotated[int, Path(ge=MIN_DB_INT, le=MAX_DB_INT)]
 
 Row = TypeVar("Row", User, Item, Notification)
 
@@ -160,9 +161,7 @@ def login(session: SessionDep, settings: SettingsDep, form: Annotated[OAuth2Pass
     user = authenticate(session, login=form.username, password=form.password, rounds=settings.BCRYPT_ROUNDS)
     if user is None:
         # Same status and body for an unknown user and a wrong password (SPEC 4).
-        raise HTTPException(
-            status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Bearer"}
-        )
+        raise credentials_error("Incorrect username or password")
     if not user.is_active:
         raise HTTPException(status_code=403, detail="Inactive user")
     return Token(

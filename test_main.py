@@ -558,7 +558,7 @@ def test_read_user_by_id_self_is_allowed(client: TestClient) -> None:
     assert response.json() == user | {"updated_at": response.json()["updated_at"]}
 
 
-@pytest.mark.parametrize("other_id", [1, 9999])
+@pytest.mark.parametrize("other_id", [1, 9999, 0, -1, 2**63 - 1])
 def test_read_user_by_id_of_another_gets_403_existing_or_not(
     client: TestClient, user_headers: dict[str, str], other_id: int
 ) -> None:
@@ -572,14 +572,15 @@ def test_read_user_by_id_as_superuser(client: TestClient, superuser_headers: dic
     """A superuser reads anyone; a missing id is 404."""
     user = signup(client, "ada")
     assert client.get(f"{API}/users/{user['id']}", headers=superuser_headers).json()["username"] == "ada"
-    response = client.get(f"{API}/users/9999", headers=superuser_headers)
-    assert response.status_code == 404, response.text
-    assert response.json() == {"detail": "User not found"}
+    for missing_id in (9999, 0, -(2**63), 2**63 - 1):
+        response = client.get(f"{API}/users/{missing_id}", headers=superuser_headers)
+        assert response.status_code == 404, response.text
+        assert response.json() == {"detail": "User not found"}
 
 
-@pytest.mark.parametrize("bad_id", ["0", "-1", str(2**63), str(2**64), "abc"])
+@pytest.mark.parametrize("bad_id", [str(2**63), str(-(2**63) - 1), str(2**64), "abc"])
 def test_user_id_out_of_range_gets_422(client: TestClient, superuser_headers: dict[str, str], bad_id: str) -> None:
-    """Ids are positive 64-bit integers: larger never reaches the database."""
+    """Ids beyond 64 bits never reach the database (the driver would overflow)."""
     assert client.get(f"{API}/users/{bad_id}", headers=superuser_headers).status_code == 422
 
 
@@ -763,9 +764,10 @@ def test_read_item_of_another_user_gets_404(client: TestClient, user_headers: di
 def test_missing_item_gets_404(client: TestClient, user_headers: dict[str, str]) -> None:
     """An id with no item is 404 for read, update and delete."""
     for method in ("get", "patch", "delete"):
-        response = client.request(method, f"{API}/items/9999", headers=user_headers, json={"title": "x"})
-        assert response.status_code == 404, response.text
-        assert response.json() == {"detail": "Item not found"}
+        for missing_id in (9999, 0, -1, 2**63 - 1):
+            response = client.request(method, f"{API}/items/{missing_id}", headers=user_headers, json={"title": "x"})
+            assert response.status_code == 404, response.text
+            assert response.json() == {"detail": "Item not found"}
 
 
 def test_superuser_reads_updates_and_deletes_any_item(
@@ -815,7 +817,7 @@ def test_delete_item_removes_it(client: TestClient, user_headers: dict[str, str]
     assert client.get(f"{API}/items/{item['id']}", headers=user_headers).status_code == 404
 
 
-@pytest.mark.parametrize("bad_id", ["0", str(2**63), str(2**64), "1.5"])
+@pytest.mark.parametrize("bad_id", [str(2**63), str(-(2**63) - 1), str(2**64), "1.5"])
 def test_item_id_out_of_range_gets_422(client: TestClient, user_headers: dict[str, str], bad_id: str) -> None:
     """Item ids beyond 64 bits never reach the database."""
     assert client.get(f"{API}/items/{bad_id}", headers=user_headers).status_code == 422
