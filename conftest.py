@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlmodel import SQLModel
 
 from config import Settings, load_settings
 from database import create_db_engine
@@ -52,7 +51,9 @@ def database_url_fixture(tmp_path: Path) -> str:
     if not TEST_DATABASE_URL:
         return f"sqlite:///{tmp_path / 'test.db'}"
     engine = create_db_engine(TEST_DATABASE_URL)
-    SQLModel.metadata.drop_all(engine)
+    with engine.begin() as connection:  # tables, Alembic's version table, indexes: all of it
+        connection.exec_driver_sql("DROP SCHEMA public CASCADE")
+        connection.exec_driver_sql("CREATE SCHEMA public")
     engine.dispose()
     return TEST_DATABASE_URL
 

@@ -5,36 +5,35 @@ Patterns shown:
 - A yield dependency (`get_session`) and its `Annotated` alias `SessionDep`.
 - SQLite tuned for a web server on every new connection (WAL, foreign keys, busy
   timeout, durable commits), each pragma with its reason.
-- Start-up that is safe when several workers run it at once.
+- Alembic migrations applied at start-up, safe when several workers start at once.
 
-Imports: config, models.
+Imports: config (through alembic/env.py, which also imports models).
 """
 
-import logging
-import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, cast
 
+from alembic import command
+from alembic.config import Config
 from fastapi import Depends, Request
-from sqlalchemy import Engine, event
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlmodel import Session, SQLModel, create_engine
-
-import models  # noqa: F401  (registers every table on SQLModel.metadata)
-
-logger = logging.getLogger(__name__)
+from sqlalchemy import Engine, event, inspect, text
+from sqlmodel import Session, create_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+INITIAL_REVISION = "0001"
+MIGRATION_LOCK_KEY = 7_310_442  # any constant: the PostgreSQL advisory lock of our migrations
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # A writer waits for the lock instead of failing with "database is locked".
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     # Readers never block the writer and the writer never blocks readers.
     cursor.execute("PRAGMA journal_mode=WAL")
     # Off by default in SQLite: without it ON DELETE CASCADE does nothing.
     cursor.execute("PRAGMA foreign_keys=ON")
-    # A writer waits for the lock instead of failing with "database is locked".
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     # FULL: a commit is on disk before the client hears 201, even across power loss.
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
@@ -56,17 +55,26 @@ def create_db_engine(database_url: str) -> Engine:
     return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
 
 
-def create_db_and_tables(engine: Engine, attempts: int = 5) -> None:
-    """Create missing tables; retried because workers starting together may race."""
-    for attempt in range(1, attempts + 1):
-        try:
-            SQLModel.metadata.create_all(engine)
-            return
-        except (OperationalError, ProgrammingError, IntegrityError):
-            # Another worker created a table between our check and our CREATE.
-            if attempt == attempts:
-                raise
-            time.sleep(0.1 * attempt)
+def migrate_database(engine: Engine) -> None:
+    """Bring the database to the latest Alembic revision; start-up calls this.
+
+    Workers starting together take turns: each first takes a database-wide lock (SQLite:
+    `BEGIN IMMEDIATE`; PostgreSQL: an advisory lock), migrates inside that transaction,
+    and commits; the next finds nothing left to do. A database created by `create_all`
+    before this project had migrations is stamped with the initial revision, data kept.
+    """
+    alembic_config = Config(str(ALEMBIC_INI))
+    with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        alembic_config.attributes["connection"] = connection
+        tables = inspect(connection).get_table_names()
+        if "user" in tables and "alembic_version" not in tables:
+            command.stamp(alembic_config, INITIAL_REVISION)
+        command.upgrade(alembic_config, "head")
+        connection.commit()
 
 
 async def get_engine(request: Request) -> Engine:

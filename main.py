@@ -3,7 +3,7 @@
 Patterns shown:
 - An application factory: `create_app(settings)` builds an app on those settings (tests
   pass their own); `app = create_app()` is what `uvicorn main:app` serves.
-- `lifespan` for start-up work (tables, first superuser, interrupted notifications), run
+- `lifespan` for start-up work (migrations, first superuser, interrupted notifications), run
   in a worker thread because it blocks.
 - `APIRouter(prefix=..., tags=[...])` per resource, all under `API_V1_STR`; operation ids
   `tag-function_name` for generated clients.
@@ -44,7 +44,7 @@ from auth import (
     verify_password,
 )
 from config import Settings, SettingsDep, settings as default_settings
-from database import EngineDep, SessionDep, create_db_and_tables, create_db_engine
+from database import EngineDep, SessionDep, create_db_engine, migrate_database
 from emails import (
     fail_interrupted_notifications,
     record_notification,
@@ -368,7 +368,7 @@ def operation_id(route: APIRoute) -> str:
 
 
 def start_up(engine: Engine, settings: Settings, started_at: datetime) -> None:
-    create_db_and_tables(engine)
+    migrate_database(engine)
     create_first_superuser(engine, settings)
     fail_interrupted_notifications(engine, started_at)
 

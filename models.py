@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, EmailStr, StringConstraints
-from sqlalchemy import DateTime, Dialect, Index, func
+from sqlalchemy import BigInteger, DateTime, Dialect, Index, Integer, func
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -79,6 +79,19 @@ Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)]
 Password = Annotated[str, AfterValidator(_password_bytes)]
 
 
+# 64-bit ids everywhere: BIGINT on PostgreSQL (INTEGER there is 32-bit), and SQLite's
+# INTEGER, which is 64-bit and the only type that makes a column the autoincrementing rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def id_field() -> Any:
+    return Field(default=None, primary_key=True, sa_type=BigId)
+
+
+def owner_field() -> Any:
+    return Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)
+
+
 def timestamp_field() -> Any:
     return Field(default_factory=utc_now, sa_type=UTCDateTime, nullable=False)
 
@@ -95,7 +108,7 @@ class UserBase(SQLModel):
 
 # Database table: adds what only the server sets
 class User(UserBase, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = id_field()
     hashed_password: str
     is_active: bool = True
     is_superuser: bool = False
@@ -157,8 +170,8 @@ class ItemBase(SQLModel):
 
 
 class Item(ItemBase, table=True):
-    id: int | None = Field(default=None, primary_key=True)
-    owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
+    id: int | None = id_field()
+    owner_id: int = owner_field()
     created_at: datetime = timestamp_field()
     updated_at: datetime = timestamp_field()
 
@@ -196,8 +209,8 @@ class NotificationBase(SQLModel):
 
 
 class Notification(NotificationBase, table=True):
-    id: int | None = Field(default=None, primary_key=True)
-    owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
+    id: int | None = id_field()
+    owner_id: int = owner_field()
     status: str = Field(default="pending", max_length=16)
     error: str | None = Field(default=None, max_length=1000)
     created_at: datetime = timestamp_field()

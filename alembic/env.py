@@ -1,0 +1,50 @@
+"""Alembic environment: migrations run against the project's models and settings.
+
+Patterns shown:
+- `target_metadata` is SQLModel's metadata, so `alembic revision --autogenerate`
+  compares the database with models.py.
+- The URL comes from `config.settings` (DATABASE_URL), never from alembic.ini; the app's
+  start-up passes its own open connection in `config.attributes["connection"]`.
+- `render_as_batch`: SQLite cannot ALTER most things, so changes are written as
+  "copy the table" batches that work on SQLite and PostgreSQL alike.
+"""
+
+from typing import Any
+
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
+
+import models
+from config import settings
+from database import create_db_engine
+
+
+def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Write UTCDateTime as the plain column type it is, so revisions never import models.py."""
+    if type_ == "type" and isinstance(obj, models.UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
+def run_migrations(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=SQLModel.metadata,
+        render_as_batch=True,
+        render_item=render_item,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    context.configure(url=settings.DATABASE_URL, target_metadata=SQLModel.metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+elif (app_connection := context.config.attributes.get("connection")) is not None:
+    run_migrations(app_connection)
+else:
+    with create_db_engine(settings.DATABASE_URL).connect() as cli_connection:
+        run_migrations(cli_connection)
