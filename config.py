@@ -21,6 +21,7 @@ import secrets
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Literal, cast
 from collections.abc import Mapping
@@ -132,6 +133,14 @@ def _superuser_username(environ: Mapping[str, str]) -> str:
     return value
 
 
+def _emails_from(environ: Mapping[str, str]) -> str:
+    value = environ.get("EMAILS_FROM", "").strip() or Settings.EMAILS_FROM
+    _, address = parseaddr(value)
+    if "@" not in address or "\n" in value or "\r" in value:
+        raise SettingsError(f"EMAILS_FROM must be an email address such as 'App <noreply@example.com>', got {value!r}")
+    return value
+
+
 def read_or_create_dev_secret_key(path: Path) -> str:
     """Return the development key stored at `path`, creating it if needed.
 
@@ -196,7 +205,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         SMTP_PASSWORD=environ.get("SMTP_PASSWORD", ""),
         SMTP_TLS=_boolean(environ, "SMTP_TLS", True),
         SMTP_TIMEOUT_SECONDS=_integer(environ, "SMTP_TIMEOUT_SECONDS", 10, 1, 300),
-        EMAILS_FROM=environ.get("EMAILS_FROM", "").strip() or Settings.EMAILS_FROM,
+        EMAILS_FROM=_emails_from(environ),
         LOG_LEVEL=_choice({"LOG_LEVEL": environ.get("LOG_LEVEL", "").upper()}, "LOG_LEVEL", "INFO", LOG_LEVELS),
         THREADPOOL_SIZE=_integer(environ, "THREADPOOL_SIZE", 40, 1, 1000),
         # Last: its warning or key file only once every other value is known to be good.
