@@ -59,8 +59,16 @@ class RequestLogMiddleware:
         incoming = Headers(scope=scope).get("x-request-id", "")
         request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
         status_code = 500
-        response_started = False
+        response_started = logged = False
         started = time.perf_counter()
+
+        def log_request() -> None:
+            nonlocal logged
+            logged = True
+            duration_ms = (time.perf_counter() - started) * 1000
+            logger.info(
+                "%s %s %s %.1fms request_id=%s", scope["method"], scope["path"], status_code, duration_ms, request_id
+            )
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status_code, response_started
@@ -69,6 +77,10 @@ class RequestLogMiddleware:
                 response_started = True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Logged when the client has the whole response: background tasks run
+                # after this and are not part of the request's duration.
+                log_request()
 
         try:
             await self.app(scope, receive, send_with_request_id)
@@ -79,10 +91,8 @@ class RequestLogMiddleware:
             response = JSONResponse({"detail": "Internal Server Error"}, status_code=500)
             await response(scope, receive, send_with_request_id)
         finally:
-            duration_ms = (time.perf_counter() - started) * 1000
-            logger.info(
-                "%s %s %s %.1fms request_id=%s", scope["method"], scope["path"], status_code, duration_ms, request_id
-            )
+            if not logged:  # the client went away before the response was complete
+                log_request()
 
 
 class BodySizeLimitMiddleware:
