@@ -21,12 +21,11 @@ from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from anyio import to_thread
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, FastAPI, Form, HTTPException, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
-from fastapi.security import OAuth2PasswordRequestForm
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -55,6 +54,9 @@ from emails import (
 )
 from middleware import BodySizeLimitMiddleware, RequestLogMiddleware, configure_logging
 from models import (
+    ErrorMessage,
+    HealthStatus,
+    LoginForm,
     Item,
     ItemCreate,
     ItemPublic,
@@ -147,17 +149,42 @@ def get_owned_item_or_404(session: Session, item_id: int, user: User) -> Item:
     return item
 
 
+# --- Documented errors -------------------------------------------------------------------
+
+ERROR_DESCRIPTIONS = {
+    400: "Duplicate value, wrong password or invalid token",
+    401: "Missing, invalid, expired or revoked token",
+    403: "Inactive user, or not enough privileges",
+    404: "Not found",
+    413: "Request body over 1 MiB",
+    503: "Database unavailable",
+}
+
+
+def errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error codes, all with the `{"detail": ...}` body.
+
+    FastAPI documents only the success code and 422; generated clients and contract
+    tests need every code an operation can answer.
+    """
+    return {code: {"model": ErrorMessage, "description": ERROR_DESCRIPTIONS[code]} for code in status_codes}
+
+
+# Any route that reads a body can answer 413; any route behind CurrentUser, 401 and 403.
+BODY = errors(413)
+AUTHENTICATED = errors(401, 403)
+
 # --- Routers --------------------------------------------------------------------------
 
-auth_router = APIRouter(prefix="/auth", tags=["auth"])
-users_router = APIRouter(prefix="/users", tags=["users"])
-items_router = APIRouter(prefix="/items", tags=["items"])
-notifications_router = APIRouter(prefix="/notifications", tags=["notifications"])
+auth_router = APIRouter(prefix="/auth", tags=["auth"], responses=BODY)
+users_router = APIRouter(prefix="/users", tags=["users"], responses=BODY)
+items_router = APIRouter(prefix="/items", tags=["items"], responses=BODY | AUTHENTICATED)
+notifications_router = APIRouter(prefix="/notifications", tags=["notifications"], responses=BODY | AUTHENTICATED)
 health_router = APIRouter(tags=["health"])
 
 
-@auth_router.post("/login", response_model=Token)
-def login(session: SessionDep, settings: SettingsDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
+@auth_router.post("/login", response_model=Token, responses=errors(401, 403))
+def login(session: SessionDep, settings: SettingsDep, form: Annotated[LoginForm, Form()]) -> Token:
     """Log in with username or email and password; returns a bearer token."""
     user = authenticate(session, login=form.username, password=form.password, rounds=settings.BCRYPT_ROUNDS)
     if user is None:
@@ -180,7 +207,7 @@ def recover_password(
     return Message(message="If an account has this email, a password reset token is on its way")
 
 
-@auth_router.post("/reset-password", response_model=Message)
+@auth_router.post("/reset-password", response_model=Message, responses=errors(400))
 def reset_password(body: PasswordReset, session: SessionDep, settings: SettingsDep) -> Message:
     """Set a new password with a reset token; the token works once."""
     user = user_from_token(session, body.token, token_type="reset", settings=settings)
@@ -190,7 +217,7 @@ def reset_password(body: PasswordReset, session: SessionDep, settings: SettingsD
     return Message(message="Password updated")
 
 
-@users_router.post("/", response_model=UserPublic, status_code=201)
+@users_router.post("/", response_model=UserPublic, status_code=201, responses=errors(400))
 def create_user(
     body: UserCreate, session: SessionDep, settings: SettingsDep, engine: EngineDep, background_tasks: BackgroundTasks
 ) -> User:
@@ -203,20 +230,20 @@ def create_user(
     return user
 
 
-@users_router.get("/me", response_model=UserPublic)
+@users_router.get("/me", response_model=UserPublic, responses=AUTHENTICATED)
 def read_user_me(user: CurrentUser) -> User:
     """The caller's own account."""
     return user
 
 
-@users_router.patch("/me", response_model=UserPublic)
+@users_router.patch("/me", response_model=UserPublic, responses=errors(400) | AUTHENTICATED)
 def update_user_me(body: UserUpdateMe, session: SessionDep, user: CurrentUser) -> User:
     """Change the caller's email, username or full name."""
     update_user_fields(session, user, body.model_dump(exclude_unset=True))
     return user
 
 
-@users_router.patch("/me/password", response_model=Message)
+@users_router.patch("/me/password", response_model=Message, responses=errors(400) | AUTHENTICATED)
 def update_password_me(body: UpdatePassword, session: SessionDep, settings: SettingsDep, user: CurrentUser) -> Message:
     """Change the caller's password; every token issued before stops working."""
     if not verify_password(body.current_password, user.hashed_password):
@@ -226,21 +253,21 @@ def update_password_me(body: UpdatePassword, session: SessionDep, settings: Sett
     return Message(message="Password updated")
 
 
-@users_router.delete("/me", status_code=204)
+@users_router.delete("/me", status_code=204, responses=AUTHENTICATED)
 def delete_user_me(session: SessionDep, user: CurrentUser) -> None:
     """Delete the caller's account, with their items and notifications."""
     session.delete(user)
     session.commit()
 
 
-@users_router.get("/", response_model=UsersPublic)
+@users_router.get("/", response_model=UsersPublic, responses=AUTHENTICATED)
 def read_users(session: SessionDep, _: SuperUser, skip: Skip = 0, limit: Limit = 100) -> UsersPublic:
     """Every user, by id (superusers only)."""
     users, count = read_page(session, User, skip=skip, limit=limit)
     return UsersPublic(data=users, count=count)  # type: ignore[arg-type]
 
 
-@users_router.get("/{user_id}", response_model=UserPublic)
+@users_router.get("/{user_id}", response_model=UserPublic, responses=errors(404) | AUTHENTICATED)
 def read_user(user_id: UserId, session: SessionDep, user: CurrentUser) -> User:
     """One user: yourself, or anyone for a superuser."""
     if user.id == user_id:
@@ -251,7 +278,7 @@ def read_user(user_id: UserId, session: SessionDep, user: CurrentUser) -> User:
     return get_user_or_404(session, user_id)
 
 
-@users_router.patch("/{user_id}", response_model=UserPublic)
+@users_router.patch("/{user_id}", response_model=UserPublic, responses=errors(400, 404) | AUTHENTICATED)
 def update_user(user_id: UserId, body: UserUpdate, session: SessionDep, settings: SettingsDep, _: SuperUser) -> User:
     """Change any user, including password, active and superuser flags (superusers only)."""
     user = get_user_or_404(session, user_id)
@@ -264,7 +291,7 @@ def update_user(user_id: UserId, body: UserUpdate, session: SessionDep, settings
     return user
 
 
-@users_router.delete("/{user_id}", status_code=204)
+@users_router.delete("/{user_id}", status_code=204, responses=errors(404) | AUTHENTICATED)
 def delete_user(user_id: UserId, session: SessionDep, _: SuperUser) -> None:
     """Delete a user with their items and notifications (superusers only)."""
     session.delete(get_user_or_404(session, user_id))
@@ -288,13 +315,13 @@ def read_items(session: SessionDep, user: CurrentUser, skip: Skip = 0, limit: Li
     return ItemsPublic(data=items, count=count)  # type: ignore[arg-type]
 
 
-@items_router.get("/{item_id}", response_model=ItemPublic)
+@items_router.get("/{item_id}", response_model=ItemPublic, responses=errors(404))
 def read_item(item_id: ItemId, session: SessionDep, user: CurrentUser) -> Item:
     """One item of the caller's."""
     return get_owned_item_or_404(session, item_id, user)
 
 
-@items_router.patch("/{item_id}", response_model=ItemPublic)
+@items_router.patch("/{item_id}", response_model=ItemPublic, responses=errors(404))
 def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep, user: CurrentUser) -> Item:
     """Change an item's title or description."""
     item = get_owned_item_or_404(session, item_id, user)
@@ -305,7 +332,7 @@ def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep, user: Cu
     return item
 
 
-@items_router.delete("/{item_id}", status_code=204)
+@items_router.delete("/{item_id}", status_code=204, responses=errors(404))
 def delete_item(item_id: ItemId, session: SessionDep, user: CurrentUser) -> None:
     """Delete an item."""
     session.delete(get_owned_item_or_404(session, item_id, user))
@@ -334,7 +361,7 @@ def read_notifications(session: SessionDep, user: CurrentUser, skip: Skip = 0, l
     return NotificationsPublic(data=notifications, count=count)  # type: ignore[arg-type]
 
 
-@notifications_router.get("/{notification_id}", response_model=NotificationPublic)
+@notifications_router.get("/{notification_id}", response_model=NotificationPublic, responses=errors(404))
 def read_notification(notification_id: NotificationId, session: SessionDep, user: CurrentUser) -> Notification:
     """One of the caller's notifications, with its current status."""
     notification = session.get(Notification, notification_id)
@@ -343,14 +370,14 @@ def read_notification(notification_id: NotificationId, session: SessionDep, user
     return notification
 
 
-@health_router.get("/health")
-def read_health(session: SessionDep) -> dict[str, str]:
+@health_router.get("/health", response_model=HealthStatus, responses=errors(503))
+def read_health(session: SessionDep) -> HealthStatus:
     """200 when the database answers, 503 when it does not."""
     try:
         session.exec(select(1)).one()
     except SQLAlchemyError:
         raise HTTPException(status_code=503, detail="Database unavailable") from None
-    return {"status": "ok", "database": "ok"}
+    return HealthStatus(status="ok", database="ok")
 
 
 # --- The application -------------------------------------------------------------------

@@ -129,21 +129,21 @@ class UserCreate(UserBase):
 
 # Body of PATCH /users/me: what a user may change about themselves
 class UserUpdateMe(SQLModel):
-    email: Email = Field(default=None, max_length=255)
-    username: Username = Field(default=None, min_length=3, max_length=50)
-    full_name: Line | None = Field(default=None, max_length=255)
+    email: Email = Field(default=None, max_length=255, schema_extra={"examples": ["ada@example.com"]})
+    username: Username = Field(default=None, min_length=3, max_length=50, schema_extra={"examples": ["ada"]})
+    full_name: Line | None = Field(default=None, max_length=255, schema_extra={"examples": ["Ada King"]})
 
 
 # Body of PATCH /users/{id}: what a superuser may change about anyone
 class UserUpdate(UserUpdateMe):
-    password: Password = Field(default=None)
-    is_active: bool = Field(default=None)
-    is_superuser: bool = Field(default=None)
+    password: Password = Field(default=None, schema_extra={"examples": ["set by an admin"]})
+    is_active: bool = Field(default=None, schema_extra={"examples": [True]})
+    is_superuser: bool = Field(default=None, schema_extra={"examples": [False]})
 
 
 # Body of PATCH /users/me/password
 class UpdatePassword(SQLModel):
-    current_password: str = Field(max_length=1024)
+    current_password: str = Field(max_length=1024, schema_extra={"examples": ["correct horse battery"]})
     new_password: Password = Field(schema_extra={"examples": ["a new long passphrase"]})
 
 
@@ -182,8 +182,8 @@ class ItemCreate(ItemBase):
 
 
 class ItemUpdate(SQLModel):
-    title: Text = Field(default=None, min_length=1, max_length=255)
-    description: Text | None = Field(default=None, max_length=1000)
+    title: Text = Field(default=None, min_length=1, max_length=255, schema_extra={"examples": ["Buy oat milk"]})
+    description: Text | None = Field(default=None, max_length=1000, schema_extra={"examples": ["One litre"]})
 
 
 class ItemPublic(ItemBase):
@@ -239,20 +239,37 @@ class NotificationsPublic(SQLModel):
 # --- Auth ---------------------------------------------------------------------------
 
 
+# Body of POST /auth/login: the OAuth2 password form that Swagger UI's Authorize button
+# sends (its other fields, such as grant_type, are ignored)
+class LoginForm(SQLModel):
+    username: str = Field(max_length=255, description="Username or email", schema_extra={"examples": ["ada"]})
+    password: str = Field(max_length=1024, schema_extra={"examples": ["correct horse battery"]})
+
+
 class Token(SQLModel):
     access_token: str
     token_type: str = "bearer"
-    expires_in: int
+    expires_in: int = Field(description="Seconds until the token expires")
 
 
 class PasswordRecovery(SQLModel):
-    email: Email = Field(max_length=255)
+    email: Email = Field(max_length=255, schema_extra={"examples": ["ada@example.com"]})
 
 
 class PasswordReset(SQLModel):
-    token: str = Field(max_length=4096)
-    new_password: Password
+    token: str = Field(max_length=4096, description="The token from the recovery email")
+    new_password: Password = Field(schema_extra={"examples": ["a new long passphrase"]})
 
 
 class Message(SQLModel):
     message: str
+
+
+# Body of every error response (FastAPI's 422 has its own, a list of errors)
+class ErrorMessage(SQLModel):
+    detail: str
+
+
+class HealthStatus(SQLModel):
+    status: str = Field(schema_extra={"examples": ["ok"]})
+    database: str = Field(schema_extra={"examples": ["ok"]})
