@@ -66,7 +66,7 @@ def authenticate(session: Session, *, login: str, password: str, rounds: int) ->
         statement = select(User).where(User.email == login.lower())
     else:
         statement = select(User).where(func.lower(User.username) == login.lower())
-    user = None if "\x00" in login else session.exec(statement).first()
+    user: User | None = None if "\x00" in login else session.exec(statement).first()
     # Free the connection before bcrypt's quarter second (the objects stay loaded).
     session.commit()
     if user is None:

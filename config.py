@@ -20,11 +20,11 @@ import re
 import secrets
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Literal, cast
-from collections.abc import Mapping
 
 from dotenv import load_dotenv
 from fastapi import Depends, Request

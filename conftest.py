@@ -92,7 +92,8 @@ def signup(client: TestClient, username: str = "ada", **fields: Any) -> dict[str
     body = {"email": f"{username}@example.com", "username": username, "password": DEFAULT_PASSWORD} | fields
     response = client.post("/api/v1/users/", json=body)
     assert response.status_code == 201, response.text
-    return response.json()
+    user: dict[str, Any] = response.json()
+    return user
 
 
 def login(client: TestClient, username: str, password: str = DEFAULT_PASSWORD) -> dict[str, str]:

@@ -29,15 +29,15 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlmodel import Session, SQLModel, func, select
+from sqlmodel import Session, func, select
 
 from auth import (
     CurrentUser,
     SuperUser,
     authenticate,
     create_first_superuser,
-    credentials_error,
     create_token,
+    credentials_error,
     hash_password,
     set_password,
     user_from_token,
@@ -56,12 +56,12 @@ from middleware import BodySizeLimitMiddleware, RequestLogMiddleware, configure_
 from models import (
     ErrorMessage,
     HealthStatus,
-    LoginForm,
     Item,
     ItemCreate,
     ItemPublic,
     ItemsPublic,
     ItemUpdate,
+    LoginForm,
     Message,
     Notification,
     NotificationCreate,
@@ -99,7 +99,7 @@ Row = TypeVar("Row", User, Item, Notification)
 def read_page(session: Session, model: type[Row], *conditions: Any, skip: int, limit: int) -> tuple[Sequence[Row], int]:
     """One page of `model` rows ordered by id, and the total count of matching rows."""
     count = session.exec(select(func.count()).select_from(model).where(*conditions)).one()
-    rows = session.exec(select(model).where(*conditions).order_by(model.id).offset(skip).limit(limit)).all()  # type: ignore[arg-type]
+    rows = session.exec(select(model).where(*conditions).order_by(model.id).offset(skip).limit(limit)).all()
     return rows, count
 
 
@@ -108,9 +108,8 @@ def ensure_unique(session: Session, *, email: str | None, username: str | None, 
     others = select(User.id).where(User.id != user_id)
     if email is not None and session.exec(others.where(User.email == email)).first() is not None:
         raise HTTPException(status_code=400, detail="Email already registered")
-    if username is not None:
-        if session.exec(others.where(func.lower(User.username) == username.lower())).first() is not None:
-            raise HTTPException(status_code=400, detail="Username already taken")
+    if username is not None and session.exec(others.where(func.lower(User.username) == username.lower())).first():
+        raise HTTPException(status_code=400, detail="Username already taken")
 
 
 def save_user(session: Session, user: User) -> None:
@@ -264,7 +263,7 @@ def delete_user_me(session: SessionDep, user: CurrentUser) -> None:
 def read_users(session: SessionDep, _: SuperUser, skip: Skip = 0, limit: Limit = 100) -> UsersPublic:
     """Every user, by id (superusers only)."""
     users, count = read_page(session, User, skip=skip, limit=limit)
-    return UsersPublic(data=users, count=count)  # type: ignore[arg-type]
+    return UsersPublic(data=users, count=count)
 
 
 @users_router.get("/{user_id}", response_model=UserPublic, responses=errors(404) | AUTHENTICATED)
@@ -312,7 +311,7 @@ def read_items(session: SessionDep, user: CurrentUser, skip: Skip = 0, limit: Li
     """The caller's items by id (a superuser's: everyone's)."""
     conditions = [] if user.is_superuser else [Item.owner_id == user.id]
     items, count = read_page(session, Item, *conditions, skip=skip, limit=limit)
-    return ItemsPublic(data=items, count=count)  # type: ignore[arg-type]
+    return ItemsPublic(data=items, count=count)
 
 
 @items_router.get("/{item_id}", response_model=ItemPublic, responses=errors(404))
@@ -355,10 +354,12 @@ def create_notification(
 
 
 @notifications_router.get("/", response_model=NotificationsPublic)
-def read_notifications(session: SessionDep, user: CurrentUser, skip: Skip = 0, limit: Limit = 100) -> NotificationsPublic:
+def read_notifications(
+    session: SessionDep, user: CurrentUser, skip: Skip = 0, limit: Limit = 100
+) -> NotificationsPublic:
     """The caller's notifications by id."""
     notifications, count = read_page(session, Notification, Notification.owner_id == user.id, skip=skip, limit=limit)
-    return NotificationsPublic(data=notifications, count=count)  # type: ignore[arg-type]
+    return NotificationsPublic(data=notifications, count=count)
 
 
 @notifications_router.get("/{notification_id}", response_model=NotificationPublic, responses=errors(404))

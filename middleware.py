@@ -30,13 +30,16 @@ REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class AppLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The app's stderr handler, a class of its own so it is added only once."""
+
+
 def configure_logging(level: str) -> None:
     """Send the app's logs to stderr at `level`; safe to call more than once."""
     root = logging.getLogger()
-    if not any(getattr(handler, "is_app_handler", False) for handler in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(handler, AppLogHandler) for handler in root.handlers):
+        handler = AppLogHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler.is_app_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
     # Our request line replaces uvicorn's access line: one line per request, with its id.

@@ -85,6 +85,8 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def id_field() -> Any:
+    """The primary key: None until the row is inserted, so declare it `int` only on tables
+    whose ids the code reads after a commit (all of ours)."""
     return Field(default=None, primary_key=True, sa_type=BigId)
 
 
@@ -108,7 +110,7 @@ class UserBase(SQLModel):
 
 # Database table: adds what only the server sets
 class User(UserBase, table=True):
-    id: int | None = id_field()
+    id: int = id_field()
     hashed_password: str
     is_active: bool = True
     is_superuser: bool = False
@@ -119,7 +121,7 @@ class User(UserBase, table=True):
 
 
 # Usernames keep the case they were given but are unique regardless of it.
-Index("ix_user_username_lower", func.lower(User.username), unique=True)  # type: ignore[arg-type]
+Index("ix_user_username_lower", func.lower(User.username), unique=True)
 
 
 # Body of sign-up (POST /users/)
@@ -170,7 +172,7 @@ class ItemBase(SQLModel):
 
 
 class Item(ItemBase, table=True):
-    id: int | None = id_field()
+    id: int = id_field()
     owner_id: int = owner_field()
     created_at: datetime = timestamp_field()
     updated_at: datetime = timestamp_field()
@@ -209,7 +211,7 @@ class NotificationBase(SQLModel):
 
 
 class Notification(NotificationBase, table=True):
-    id: int | None = id_field()
+    id: int = id_field()
     owner_id: int = owner_field()
     status: str = Field(default="pending", max_length=16)
     error: str | None = Field(default=None, max_length=1000)

@@ -29,7 +29,8 @@ import jwt
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session as SMTPSession
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
+from aiosmtpd.smtp import Session as SMTPSession
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
@@ -72,7 +73,9 @@ class Mailbox:
     def messages(self) -> list[EmailMessage]:
         return [delivery.message for delivery in self.deliveries]
 
-    async def handle_DATA(self, server: SMTP, session: SMTPSession, envelope: Envelope) -> str:
+    async def handle_DATA(  # noqa: N802 (aiosmtpd calls it by this name)
+        self, server: SMTP, session: SMTPSession, envelope: Envelope
+    ) -> str:
         assert isinstance(envelope.content, bytes)
         # SMTP carries CRLF line ends; read the message as a mail client shows it.
         content = envelope.content.replace(b"\r\n", b"\n")
@@ -87,7 +90,9 @@ class Mailbox:
 class RefusingMailbox:
     """aiosmtpd handler that refuses every message after reading it."""
 
-    async def handle_DATA(self, server: SMTP, session: SMTPSession, envelope: Envelope) -> str:
+    async def handle_DATA(  # noqa: N802 (aiosmtpd calls it by this name)
+        self, server: SMTP, session: SMTPSession, envelope: Envelope
+    ) -> str:
         return "554 5.7.1 Message refused by policy"
 
 
@@ -106,9 +111,8 @@ def mailbox_fixture() -> Mailbox:
 @pytest.fixture(name="smtp_client")
 def smtp_client_fixture(make_settings: MakeSettings, mailbox: Mailbox) -> Iterator[TestClient]:
     """A client of an app that mails through a plain SMTP server delivering to `mailbox`."""
-    with smtp_server(mailbox) as port:
-        with TestClient(create_app(smtp_settings(make_settings, port))) as client:
-            yield client
+    with smtp_server(mailbox) as port, TestClient(create_app(smtp_settings(make_settings, port))) as client:
+        yield client
 
 
 @pytest.fixture(name="ca")
@@ -164,7 +168,8 @@ def notifications_of(client: TestClient, headers: dict[str, str]) -> list[dict[s
     """The caller's notifications, as GET /notifications/ lists them."""
     response = client.get("/api/v1/notifications/", headers=headers)
     assert response.status_code == 200, response.text
-    return response.json()["data"]
+    notifications: list[dict[str, Any]] = response.json()["data"]
+    return notifications
 
 
 def notify(client: TestClient, headers: dict[str, str], **fields: str) -> dict[str, Any]:
@@ -172,12 +177,13 @@ def notify(client: TestClient, headers: dict[str, str], **fields: str) -> dict[s
     body = {"email": "bob@example.com", "subject": "Hello", "message": "Plain-text body\n"} | fields
     response = client.post("/api/v1/notifications/", json=body, headers=headers)
     assert response.status_code == 202, response.text
-    return response.json()
+    notification: dict[str, Any] = response.json()
+    return notification
 
 
 def reset_token_from(text: str) -> str:
     """The one line of `text` that is a whole JWT."""
-    tokens = TOKEN_LINE.findall(text)
+    tokens: list[str] = TOKEN_LINE.findall(text)
     assert len(tokens) == 1, text
     return tokens[0]
 
@@ -228,7 +234,7 @@ def test_password_recovery_mails_a_reset_token_that_works_once(smtp_client: Test
     response = smtp_client.post("/api/v1/auth/password-recovery", json={"email": "ada@example.com"})
 
     assert response.status_code == 202, response.text
-    welcome, recovery = mailbox.messages
+    _welcome, recovery = mailbox.messages
     assert recovery["From"] == EMAILS_FROM
     assert recovery["To"] == "ada@example.com"
     assert recovery["Subject"] == "Password recovery for FastAPI Reference API"
@@ -259,7 +265,7 @@ def test_password_recovery_notification_is_the_accounts_and_keeps_no_token(
     smtp_client.post("/api/v1/auth/password-recovery", json={"email": "ada@example.com"})
 
     token = reset_token_from(mailbox.messages[-1].get_content())
-    welcome, recovery = notifications_of(smtp_client, headers)
+    _welcome, recovery = notifications_of(smtp_client, headers)
     assert recovery["owner_id"] == ada["id"]
     assert recovery["email"] == "ada@example.com"
     assert recovery["subject"] == "Password recovery for FastAPI Reference API"
@@ -357,12 +363,11 @@ def test_notification_to_a_server_that_is_down_fails_and_the_api_keeps_answering
 
 def test_notification_refused_by_the_server_fails_with_its_reply(make_settings: MakeSettings) -> None:
     """A 554 reply to the message marks the notification failed with that reply."""
-    with smtp_server(RefusingMailbox()) as port:
-        with TestClient(create_app(smtp_settings(make_settings, port))) as client:
-            signup(client, "ada")
-            headers = login(client, "ada")
-            queued = notify(client, headers)
-            response = client.get(f"/api/v1/notifications/{queued['id']}", headers=headers)
+    with smtp_server(RefusingMailbox()) as port, TestClient(create_app(smtp_settings(make_settings, port))) as client:
+        signup(client, "ada")
+        headers = login(client, "ada")
+        queued = notify(client, headers)
+        response = client.get(f"/api/v1/notifications/{queued['id']}", headers=headers)
 
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "failed"
@@ -398,7 +403,7 @@ def test_console_backend_logs_the_whole_reset_token_on_one_line(
     )
     assert f"\n\n{token}\n\n" in record.getMessage()
     assert client.post(RESET_PASSWORD, json=reset_body(token)).status_code == 200
-    [welcome, recovery] = notifications_of(client, login(client, "ada", NEW_PASSWORD))
+    [_welcome, recovery] = notifications_of(client, login(client, "ada", NEW_PASSWORD))
     assert recovery["status"] == "sent"
 
 

@@ -181,7 +181,9 @@ def test_signup_invalid_field_gets_422(client: TestClient, changes: dict[str, An
     response = client.post(f"{API}/users/", json=VALID_SIGNUP | changes)
     assert response.status_code == 422, response.text
     assert [error["loc"] for error in response.json()["detail"]] == [["body", field]]
-    assert client.post(f"{API}/auth/login", data={"username": "newbie", "password": DEFAULT_PASSWORD}).status_code == 401
+    assert (
+        client.post(f"{API}/auth/login", data={"username": "newbie", "password": DEFAULT_PASSWORD}).status_code == 401
+    )
 
 
 @pytest.mark.parametrize("missing", ["email", "username", "password"])
@@ -321,8 +323,15 @@ def test_me_without_token_gets_401_with_bearer_challenge(client: TestClient) -> 
         pytest.param(lambda s: "not-a-jwt", id="garbage"),
         pytest.param(lambda s: make_token(s, exp=datetime.now(timezone.utc) - timedelta(seconds=1)), id="expired"),
         pytest.param(lambda s: make_token(s)[:-2] + "xx", id="tampered"),
-        pytest.param(lambda s: jwt.encode({"sub": "1", "type": "access", "ver": 0}, key=None, algorithm="none"), id="alg-none"),
-        pytest.param(lambda s: jwt.encode({"sub": "1", "type": "access", "ver": 0, "exp": 9999999999, "iat": 1}, s.SECRET_KEY, algorithm="HS512"), id="other-algorithm"),
+        pytest.param(
+            lambda s: jwt.encode({"sub": "1", "type": "access", "ver": 0}, key="", algorithm="none"), id="alg-none"
+        ),
+        pytest.param(
+            lambda s: jwt.encode(
+                {"sub": "1", "type": "access", "ver": 0, "exp": 9999999999, "iat": 1}, s.SECRET_KEY, algorithm="HS512"
+            ),
+            id="other-algorithm",
+        ),
         pytest.param(lambda s: make_token(s, type="reset"), id="reset-type"),
         pytest.param(lambda s: make_token(s, type=None), id="no-type"),
         pytest.param(lambda s: make_token(s, exp=None), id="no-exp"),
@@ -330,7 +339,14 @@ def test_me_without_token_gets_401_with_bearer_challenge(client: TestClient) -> 
         pytest.param(lambda s: make_token(s, sub="abc"), id="sub-not-an-id"),
         pytest.param(lambda s: make_token(s, sub=str(2**70)), id="sub-beyond-64-bits"),
         pytest.param(lambda s: make_token(s, ver=1), id="revoked-version"),
-        pytest.param(lambda s: jwt.encode({"sub": "1", "type": "access", "ver": 0, "exp": 9999999999, "iat": 1}, "another key long enough for hs256!", algorithm="HS256"), id="other-key"),
+        pytest.param(
+            lambda s: jwt.encode(
+                {"sub": "1", "type": "access", "ver": 0, "exp": 9999999999, "iat": 1},
+                "another key long enough for hs256!",
+                algorithm="HS256",
+            ),
+            id="other-key",
+        ),
     ],
 )
 def test_bad_access_token_gets_401(client: TestClient, settings: Settings, bad_token: Any) -> None:
@@ -382,7 +398,9 @@ def test_read_me_returns_the_caller(client: TestClient, user_headers: dict[str, 
 def test_update_me_changes_only_what_is_sent(client: TestClient, user_headers: dict[str, str]) -> None:
     """PATCH /users/me updates the given fields, lower-cases email, bumps updated_at."""
     before = client.get(f"{API}/users/me", headers=user_headers).json()
-    response = client.patch(f"{API}/users/me", headers=user_headers, json={"full_name": "Ada L", "email": "NEW@Example.com"})
+    response = client.patch(
+        f"{API}/users/me", headers=user_headers, json={"full_name": "Ada L", "email": "NEW@Example.com"}
+    )
     assert response.status_code == 200, response.text
     after = response.json()
     assert after["full_name"] == "Ada L" and after["email"] == "new@example.com"
@@ -438,7 +456,9 @@ def test_update_me_to_another_users_email_or_username_gets_400(
 
 def test_update_me_to_own_email_and_username_is_fine(client: TestClient, user_headers: dict[str, str]) -> None:
     """Sending back one's own values is no duplicate."""
-    response = client.patch(f"{API}/users/me", headers=user_headers, json={"email": "ada@example.com", "username": "ADA"})
+    response = client.patch(
+        f"{API}/users/me", headers=user_headers, json={"email": "ada@example.com", "username": "ADA"}
+    )
     assert response.status_code == 200, response.text
     assert response.json()["username"] == "ADA"
 
@@ -477,7 +497,9 @@ def test_update_password_me_revokes_earlier_tokens(client: TestClient, user_head
     assert client.get(f"{API}/users/me", headers=fresh).status_code == 200
 
 
-def test_update_password_me_with_wrong_current_password_gets_400(client: TestClient, user_headers: dict[str, str]) -> None:
+def test_update_password_me_with_wrong_current_password_gets_400(
+    client: TestClient, user_headers: dict[str, str]
+) -> None:
     """400 and the password stays."""
     response = client.patch(
         f"{API}/users/me/password",
@@ -489,7 +511,9 @@ def test_update_password_me_with_wrong_current_password_gets_400(client: TestCli
     login(client, "ada")
 
 
-def test_update_password_me_with_too_long_new_password_gets_422(client: TestClient, user_headers: dict[str, str]) -> None:
+def test_update_password_me_with_too_long_new_password_gets_422(
+    client: TestClient, user_headers: dict[str, str]
+) -> None:
     """A new password over 72 bytes is a clear 422."""
     response = client.patch(
         f"{API}/users/me/password",
@@ -515,7 +539,9 @@ def test_delete_me_removes_the_user_with_items(
 # --- /users (superuser) ---------------------------------------------------------------
 
 
-def test_read_users_lists_everyone_by_id_with_total_count(client: TestClient, superuser_headers: dict[str, str]) -> None:
+def test_read_users_lists_everyone_by_id_with_total_count(
+    client: TestClient, superuser_headers: dict[str, str]
+) -> None:
     """{data, count}: count is the total, data the page, ordered by id."""
     for name in ("bob", "cyd", "dee"):
         signup(client, name)
@@ -536,7 +562,9 @@ def test_read_users_as_ordinary_user_gets_403(client: TestClient, user_headers: 
 @pytest.mark.parametrize(
     "params", [{"skip": -1}, {"limit": 0}, {"limit": 101}, {"skip": 2**63}, {"skip": "x"}, {"limit": 10**30}]
 )
-def test_pagination_out_of_range_gets_422(client: TestClient, superuser_headers: dict[str, str], params: dict[str, Any]) -> None:
+def test_pagination_out_of_range_gets_422(
+    client: TestClient, superuser_headers: dict[str, str], params: dict[str, Any]
+) -> None:
     """skip >= 0 (up to 64 bits), 1 <= limit <= 100."""
     for path in ("/users/", "/items/", "/notifications/"):
         response = client.get(f"{API}{path}", headers=superuser_headers, params=params)
@@ -597,7 +625,9 @@ def test_update_user_as_superuser(client: TestClient, superuser_headers: dict[st
     assert body["is_superuser"] is True and body["full_name"] == "Admin Ada" and body["username"] == "ada2"
 
 
-def test_update_user_password_as_superuser_revokes_tokens(client: TestClient, superuser_headers: dict[str, str]) -> None:
+def test_update_user_password_as_superuser_revokes_tokens(
+    client: TestClient, superuser_headers: dict[str, str]
+) -> None:
     """A superuser setting a password revokes the user's earlier tokens."""
     user = signup(client, "ada")
     headers = login(client, "ada")
@@ -705,14 +735,18 @@ def test_create_item_is_owned_by_the_caller(client: TestClient, user_headers: di
         {"title": "ok", "description": "nul \u0000"},
     ],
 )
-def test_create_item_invalid_body_gets_422(client: TestClient, user_headers: dict[str, str], body: dict[str, Any]) -> None:
+def test_create_item_invalid_body_gets_422(
+    client: TestClient, user_headers: dict[str, str], body: dict[str, Any]
+) -> None:
     """title 1-255 characters, description up to 1000, no NUL; nothing is stored."""
     response = client.post(f"{API}/items/", headers=user_headers, json=body)
     assert response.status_code == 422, response.text
     assert client.get(f"{API}/items/", headers=user_headers).json()["count"] == 0
 
 
-def test_create_item_accepts_the_longest_title_and_description(client: TestClient, user_headers: dict[str, str]) -> None:
+def test_create_item_accepts_the_longest_title_and_description(
+    client: TestClient, user_headers: dict[str, str]
+) -> None:
     """The limits are inclusive."""
     response = client.post(f"{API}/items/", headers=user_headers, json={"title": "x" * 255, "description": "y" * 1000})
     assert response.status_code == 201, response.text
@@ -720,7 +754,13 @@ def test_create_item_accepts_the_longest_title_and_description(client: TestClien
 
 def test_items_require_a_token(client: TestClient) -> None:
     """Every items route is 401 without a token."""
-    for method, path in (("get", "/items/"), ("post", "/items/"), ("get", "/items/1"), ("patch", "/items/1"), ("delete", "/items/1")):
+    for method, path in (
+        ("get", "/items/"),
+        ("post", "/items/"),
+        ("get", "/items/1"),
+        ("patch", "/items/1"),
+        ("delete", "/items/1"),
+    ):
         response = client.request(method, f"{API}{path}", json={"title": "x"})
         assert response.status_code == 401, (method, path)
         assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -736,7 +776,9 @@ def test_read_items_lists_own_items_by_id_with_total_count(client: TestClient, u
     assert response.json() == {"data": mine[1:4], "count": 5}
 
 
-def test_read_items_as_superuser_lists_everyones(client: TestClient, user_headers: dict[str, str], superuser_headers: dict[str, str]) -> None:
+def test_read_items_as_superuser_lists_everyones(
+    client: TestClient, user_headers: dict[str, str], superuser_headers: dict[str, str]
+) -> None:
     """A superuser sees all items."""
     create_items(client, user_headers, 2)
     create_items(client, superuser_headers, 1)
@@ -792,7 +834,9 @@ def test_update_item_changes_only_what_is_sent(client: TestClient, user_headers:
 
 
 @pytest.mark.parametrize("body", [{"title": None}, {"title": ""}, {"title": "x" * 256}, {"owner_id": "x", "title": 1}])
-def test_update_item_invalid_body_gets_422(client: TestClient, user_headers: dict[str, str], body: dict[str, Any]) -> None:
+def test_update_item_invalid_body_gets_422(
+    client: TestClient, user_headers: dict[str, str], body: dict[str, Any]
+) -> None:
     """An explicit null title is a 422, like any invalid value; the item stays."""
     [item] = create_items(client, user_headers, 1)
     response = client.patch(f"{API}/items/{item['id']}", headers=user_headers, json=body)

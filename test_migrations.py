@@ -63,7 +63,9 @@ def test_every_revision_downgrades_and_upgrades_again(engine: Engine) -> None:
     """Walking each revision down and up again leaves the schema as the models say."""
     migrate_database(engine)
     for script in ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).walk_revisions():
-        alembic_command(engine, "downgrade", script.down_revision or "base")
+        down_revision = script.down_revision
+        assert down_revision is None or isinstance(down_revision, str), "no merge revisions yet"
+        alembic_command(engine, "downgrade", down_revision or "base")
         alembic_command(engine, "upgrade", script.revision)
     assert schema_differences(engine) == []
 
@@ -99,9 +101,10 @@ def test_database_from_create_all_is_adopted_with_its_data(settings: Settings, e
         items = client.get("/api/v1/items/", headers=login(client, "old", "old password")).json()
     assert [item["title"] for item in items["data"]] == ["kept"]
     with engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == ScriptDirectory.from_config(
-            Config(str(ALEMBIC_INI))
-        ).get_current_head()
+        assert (
+            MigrationContext.configure(connection).get_current_revision()
+            == ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
+        )
 
 
 def test_workers_migrating_at_once_neither_crash_nor_repeat(settings: Settings) -> None:

@@ -37,6 +37,7 @@ import pytest
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.testclient import TestClient
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.types import Message
 
 from config import Settings, SettingsError, load_settings, read_or_create_dev_secret_key
 from conftest import DEFAULT_PASSWORD, TEST_SECRET_KEY, MakeSettings, login, signup
@@ -206,7 +207,7 @@ def test_request_id_sane_incoming_one_is_echoed(client: TestClient, request_id: 
 )
 def test_request_id_anything_else_is_replaced(client: TestClient, request_id: bytes) -> None:
     """Any other incoming id is replaced by a fresh, sane one."""
-    response = client.get("/health", headers={"X-Request-ID": request_id})
+    response = client.get("/health", headers={b"X-Request-ID": request_id})
     assert response.status_code == 200, response.text
     assert response.headers["X-Request-ID"].encode() != request_id
     assert REQUEST_ID.fullmatch(response.headers["X-Request-ID"])
@@ -382,15 +383,15 @@ def test_body_limit_stops_reading_a_large_chunked_body_early(settings: Settings)
     app = create_app(settings)
     chunk, chunks_in_body = b"x" * (64 * 1024), 256
     chunks_read = 0
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         nonlocal chunks_read
         chunks_read += 1
         await asyncio.sleep(0)
         return {"type": "http.request", "body": chunk, "more_body": chunks_read < chunks_in_body}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     scope = http_scope("POST", "/api/v1/users/", [(b"content-type", b"application/json")])
@@ -402,9 +403,9 @@ def test_body_limit_stops_reading_a_large_chunked_body_early(settings: Settings)
 def test_middleware_is_pure_asgi(make_settings: MakeSettings) -> None:
     """Request log, CORS and body limit are plain ASGI classes, none a BaseHTTPMiddleware."""
     app = create_app(make_settings(BACKEND_CORS_ORIGINS=LISTED_ORIGIN))
-    classes = [middleware.cls for middleware in app.user_middleware]
+    classes: list[Any] = [middleware.cls for middleware in app.user_middleware]
     assert classes == [RequestLogMiddleware, CORSMiddleware, BodySizeLimitMiddleware]
-    assert not any(issubclass(cls, BaseHTTPMiddleware) for cls in classes)  # type: ignore[arg-type]
+    assert not any(issubclass(cls, BaseHTTPMiddleware) for cls in classes)
 
 
 # --- CORS -----------------------------------------------------------------------------
@@ -558,9 +559,7 @@ def test_load_settings_production_accepts_a_32_character_key() -> None:
 
 
 @pytest.mark.parametrize(("environ", "message"), BAD_SETTINGS, ids=BAD_SETTINGS_IDS)
-def test_start_up_bad_value_exits_with_one_line_naming_it(
-    app_dir: Path, environ: dict[str, str], message: str
-) -> None:
+def test_start_up_bad_value_exits_with_one_line_naming_it(app_dir: Path, environ: dict[str, str], message: str) -> None:
     """`import main` with a bad value exits 1 with one stderr line and no traceback."""
     result = subprocess.run(
         [sys.executable, "-c", "import main"],

@@ -9,9 +9,10 @@ Patterns shown:
   "copy the table" batches that work on SQLite and PostgreSQL alike.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
@@ -20,7 +21,7 @@ from config import settings
 from database import create_db_engine
 
 
-def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Write UTCDateTime as the plain column type it is, so revisions never import models.py."""
     if type_ == "type" and isinstance(obj, models.UTCDateTime):
         return "sa.DateTime(timezone=True)"
