@@ -2,7 +2,8 @@
 
 Patterns shown:
 - One engine per app (`create_db_engine`), kept on `app.state` by `main.create_app`.
-- A yield dependency (`get_session`) and its `Annotated` alias `SessionDep`.
+- A yield dependency (`get_session`) and its `Annotated` alias `SessionDep`, with fewer
+  sessions at once than the pool has connections (`max_concurrency`).
 - SQLite tuned for a web server on every new connection (WAL, foreign keys, busy
   timeout, durable commits), each pragma with its reason.
 - Alembic migrations applied at start-up, safe when several workers start at once.
@@ -95,6 +96,14 @@ def get_session(engine: EngineDep) -> Iterator[Session]:
         yield session
 
 
+# At most this many request sessions at once per process, fewer than the pool's 15
+# connections (SQLAlchemy's default 5 + 10 overflow). A `def` endpoint's response is
+# validated on one more worker-thread trip, and a session that has read still holds its
+# connection then: unlimited, enough requests hold every connection while waiting for
+# threads that all wait for a connection (a 30 s pool_timeout stall, then 500s). Waiting
+# for a slot takes no thread; the spare connections serve background tasks.
+MAX_REQUEST_SESSIONS = 10
+
 # scope="function": close the session (and free its connection) as soon as the endpoint
 # has returned and its response is built, not after the client has read it.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=MAX_REQUEST_SESSIONS)]

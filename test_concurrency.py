@@ -1,0 +1,355 @@
+"""Concurrency, crash safety and start-up with several workers, against a live server.
+
+Patterns shown:
+- A real `uvicorn main:app` subprocess per test: a copy of the app in a temp dir, a free
+  loopback port, stopped by the fixture's finalizer whatever the test did. It runs on
+  conftest's `database_url` (a fresh SQLite file, or the emptied PostgreSQL database that
+  `TEST_DATABASE_URL` names), so CI's second pass checks PostgreSQL the same way.
+- An async client with one connection per concurrent task (`httpx2.AsyncClient`).
+- Everything bounded: request timeouts, polling with a deadline, capped loops. No test
+  asserts a duration: a stall shows up as client timeouts or 500s (the pool's timeout).
+
+Imports: conftest.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, TEST_SECRET_KEY
+
+APP_DIR = Path(__file__).parent
+API = "/api/v1"
+START_SECONDS = 30
+STOP_SECONDS = 15
+# Generous: under load on two cores a request may queue; only a stall takes this long.
+REQUEST_SECONDS = 20
+LOAD_SECONDS = 60
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+StartServer = Callable[..., Server]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx2.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx2.TransportError:
+        return False
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (uvicorn shuts down cleanly, workers included), SIGKILL for anything left."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_SECONDS)
+    # The server's own process group (start_new_session): no worker outlives the test.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(name="start_server")
+def start_server_fixture(tmp_path: Path, database_url: str) -> Iterator[StartServer]:
+    """Start `uvicorn main:app` on this test's database; every server stops after the test."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    for module in APP_DIR.glob("*.py"):
+        if module.name != "conftest.py" and not module.name.startswith("test_"):
+            shutil.copy(module, app_dir)
+    if (APP_DIR / "alembic.ini").exists():
+        shutil.copy(APP_DIR / "alembic.ini", app_dir)
+        shutil.copytree(APP_DIR / "alembic", app_dir / "alembic", ignore=shutil.ignore_patterns("__pycache__"))
+    # The autouse `clean_environ` fixture has removed every app setting from os.environ.
+    environ = os.environ | {
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "BCRYPT_ROUNDS": "4",
+        "FIRST_SUPERUSER_EMAIL": SUPERUSER_EMAIL,
+        "FIRST_SUPERUSER_PASSWORD": SUPERUSER_PASSWORD,
+        # No line per request: the load tests would spend their time logging.
+        "LOG_LEVEL": "WARNING",
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(workers: int = 1) -> Server:
+        port = free_port()
+        log_path = tmp_path / f"uvicorn-{port}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port), "--workers", str(workers)],
+                cwd=app_dir,
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        processes.append(process)
+        server = Server(f"http://127.0.0.1:{port}", process, log_path)
+        deadline = time.monotonic() + START_SECONDS
+        while server.log().count("Application startup complete") < workers or not answers(server.url):
+            assert process.poll() is None, f"uvicorn exited with {process.returncode}:\n{server.log()}"
+            assert time.monotonic() < deadline, f"uvicorn did not start:\n{server.log()}"
+            time.sleep(0.05)
+        return server
+
+    yield start
+    for process in processes:
+        stop(process)
+
+
+def sign_up_users(url: str, count: int) -> list[dict[str, str]]:
+    """Sign up `user0`, `user1`... on a live server; return their `Authorization` headers."""
+    headers = []
+    with httpx2.Client(base_url=f"{url}{API}", timeout=REQUEST_SECONDS) as http:
+        for n in range(count):
+            body = {"email": f"user{n}@example.com", "username": f"user{n}", "password": DEFAULT_PASSWORD}
+            response = http.post("/users/", json=body)
+            assert response.status_code == 201, response.text
+            headers.append(log_in(http, f"user{n}", DEFAULT_PASSWORD))
+    return headers
+
+
+def log_in(http: httpx2.Client, username: str, password: str) -> dict[str, str]:
+    response = http.post("/auth/login", data={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def read_all_items(url: str) -> list[dict[str, Any]]:
+    """Every item in the database, page by page, as the superuser sees them."""
+    items: list[dict[str, Any]] = []
+    with httpx2.Client(base_url=f"{url}{API}", timeout=REQUEST_SECONDS) as http:
+        headers = log_in(http, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+        for _ in range(1000):
+            response = http.get("/items/", params={"skip": len(items), "limit": 100}, headers=headers)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            items += page["data"]
+            if not page["data"]:
+                break
+    assert len(items) == page["count"]
+    return items
+
+
+def run_tasks(url: str, tasks: int, task: Callable[[httpx2.AsyncClient, int], Awaitable[None]]) -> None:
+    """Run `task(client, n)` for n in range(tasks) at once, each with its own connection."""
+
+    async def main() -> None:
+        limits = httpx2.Limits(max_connections=tasks, max_keepalive_connections=tasks)
+        async with httpx2.AsyncClient(base_url=f"{url}{API}", timeout=REQUEST_SECONDS, limits=limits) as client:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(task(client, n) for n in range(tasks))), LOAD_SECONDS)
+            except asyncio.TimeoutError:
+                pytest.fail(f"{tasks} concurrent tasks still running after {LOAD_SECONDS} s: the server stalled")
+
+    # The client logs every request at INFO: under load that would cost more than the requests.
+    client_logger = logging.getLogger("httpx2")
+    level = client_logger.level
+    client_logger.setLevel(logging.WARNING)
+    try:
+        asyncio.run(main())
+    finally:
+        client_logger.setLevel(level)
+
+
+def assert_no_server_error(server: Server) -> None:
+    log = server.log()
+    assert "Traceback" not in log and "database is locked" not in log, log
+
+
+def test_32_concurrent_writers_store_every_item_exactly_once(start_server: StartServer) -> None:
+    """32 connections writing at once: every write gets 201 and is stored once."""
+    server = start_server()
+    users = sign_up_users(server.url, 4)
+    writers, writes = 32, 8
+    acknowledged: dict[str, int] = {}
+    failures: list[str] = []
+
+    async def write(client: httpx2.AsyncClient, writer: int) -> None:
+        for n in range(writes):
+            title = f"writer {writer} item {n}"
+            response = await client.post("/items/", json={"title": title}, headers=users[writer % len(users)])
+            if response.status_code == 201:
+                acknowledged[title] = response.json()["id"]
+            else:
+                failures.append(f"{response.status_code} {response.text}")
+
+    run_tasks(server.url, writers, write)
+
+    assert failures == []
+    items = read_all_items(server.url)
+    assert len(items) == writers * writes
+    assert {item["title"]: item["id"] for item in items} == acknowledged
+    assert_no_server_error(server)
+
+
+def test_concurrent_duplicate_signups_get_one_201_and_400s(start_server: StartServer) -> None:
+    """32 sign-ups at once, 4 for each of 8 accounts: one 201 each, the rest a 400, no 500
+    from the unique index."""
+    server = start_server()
+    outcomes: Counter[tuple[int, str]] = Counter()
+
+    async def sign_up(client: httpx2.AsyncClient, n: int) -> None:
+        name = f"racer{n % 8}"
+        body = {"email": f"{name}@example.com", "username": name, "password": DEFAULT_PASSWORD}
+        response = await client.post("/users/", json=body)
+        outcomes[response.status_code, response.json().get("detail", "")] += 1
+
+    run_tasks(server.url, 32, sign_up)
+
+    # Both are taken: which one a loser hears depends on when the winner committed.
+    duplicate = {"Email already registered", "Username already taken"}
+    assert sorted(status for status, _ in outcomes.elements()) == [201] * 8 + [400] * 24, outcomes
+    assert {detail for status, detail in outcomes if status == 400} <= duplicate, outcomes
+    assert_no_server_error(server)
+
+
+def test_128_concurrent_connections_mixing_reads_and_writes_all_complete(start_server: StartServer) -> None:
+    """128 connections at once, far more than threads (40) and pool connections (15):
+    every request completes, none waits out the pool timeout, none gets a 5xx."""
+    server = start_server()
+    users = sign_up_users(server.url, 8)
+    connections, rounds = 128, 2
+    statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+
+    async def request(client: httpx2.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx2.Response | None:
+        """The response, or None after an error or an error status (both counted)."""
+        kind = f"{method} {path.split('/')[1]}"
+        started = time.monotonic()
+        try:
+            response = await client.request(method, path, **kwargs)
+        except httpx2.HTTPError as error:
+            statuses[f"{kind} {type(error).__name__}"] += 1
+            return None
+        latencies.append(time.monotonic() - started)
+        statuses[f"{kind} {response.status_code}"] += 1
+        return response if response.status_code < 400 else None
+
+    async def mix(client: httpx2.AsyncClient, n: int) -> None:
+        headers = users[n % len(users)]
+        for round_ in range(rounds):
+            created = await request(client, "POST", "/items/", json={"title": f"{n}.{round_}"}, headers=headers)
+            if created is None:
+                return  # a stalled server: stop, the statuses tell what happened
+            item = f"/items/{created.json()['id']}"
+            for method, path, body in [
+                ("GET", "/items/", None),
+                ("GET", item, None),
+                ("PATCH", item, {"description": "changed"}),
+                ("GET", "/users/me", None),
+            ]:
+                if await request(client, method, path, json=body, headers=headers) is None:
+                    return
+
+    run_tasks(server.url, connections, mix)
+
+    per_kind = connections * rounds
+    assert statuses == {
+        "POST items 201": per_kind,
+        "GET items 200": 2 * per_kind,
+        "PATCH items 200": per_kind,
+        "GET users 200": per_kind,
+    }
+    print(f"{sum(statuses.values())} requests on {connections} connections, slowest {max(latencies):.2f}s")
+    assert_no_server_error(server)
+
+
+def test_server_killed_under_write_load_loses_no_acknowledged_item(start_server: StartServer) -> None:
+    """SIGKILL in the middle of concurrent writes, restart on the same database: every
+    item acknowledged with 201 is there exactly once."""
+    server = start_server()
+    users = sign_up_users(server.url, 2)
+    writers, kill_after = 16, 150
+    acknowledged: dict[str, int] = {}
+    failures: list[str] = []
+
+    async def write(client: httpx2.AsyncClient, writer: int) -> None:
+        for n in range(1000):
+            title = f"writer {writer} item {n}"
+            try:
+                response = await client.post("/items/", json={"title": title}, headers=users[writer % 2])
+            except httpx2.TransportError:
+                return  # the server is gone: this write was never acknowledged
+            if response.status_code != 201:
+                failures.append(f"{response.status_code} {response.text}")
+                return
+            acknowledged[title] = response.json()["id"]
+            if len(acknowledged) == kill_after:
+                # Not a clean shutdown: the other 15 writers have requests in flight.
+                server.process.send_signal(signal.SIGKILL)
+
+    run_tasks(server.url, writers, write)
+    assert server.process.wait(timeout=STOP_SECONDS) == -signal.SIGKILL
+
+    restarted = start_server()
+    items = read_all_items(restarted.url)
+    stored = Counter(item["title"] for item in items)
+    assert failures == []
+    assert len(acknowledged) >= kill_after
+    assert [title for title, count in stored.items() if count > 1] == []
+    assert {item["title"]: item["id"] for item in items if item["title"] in acknowledged} == acknowledged
+    assert_no_server_error(restarted)
+
+
+def test_four_workers_start_on_a_fresh_database_and_create_one_superuser(start_server: StartServer) -> None:
+    """`--workers 4` on an empty database: all four migrate and seed at once, cleanly, and
+    the first superuser exists exactly once."""
+    server = start_server(workers=4)
+    assert server.log().count("Application startup complete") == 4
+    assert_no_server_error(server)
+
+    with httpx2.Client(base_url=f"{server.url}{API}", timeout=REQUEST_SECONDS) as http:
+        headers = log_in(http, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+        response = http.get("/users/", headers=headers)
+    assert response.status_code == 200, response.text
+    assert [(user["email"], user["is_superuser"]) for user in response.json()["data"]] == [(SUPERUSER_EMAIL, True)]
+
+    statuses: Counter[int] = Counter()
+
+    async def use_api(client: httpx2.AsyncClient, n: int) -> None:
+        # 32 connections spread over the workers: a token from one works on every other.
+        response = await client.post("/items/", json={"title": f"item {n}"}, headers=headers)
+        statuses[response.status_code] += 1
+        response = await client.get("/users/me", headers=headers)
+        statuses[response.status_code] += 1
+
+    run_tasks(server.url, 32, use_api)
+
+    assert statuses == {201: 32, 200: 32}
+    assert len(read_all_items(server.url)) == 32
+    assert_no_server_error(server)
