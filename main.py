@@ -221,8 +221,10 @@ def create_user(
     body: UserCreate, session: SessionDep, settings: SettingsDep, engine: EngineDep, background_tasks: BackgroundTasks
 ) -> User:
     """Sign up. Only email, username, password and full name are read from the body."""
+    # Hash before the first query: no pooled connection is held through bcrypt's ~250 ms.
+    hashed_password = hash_password(body.password, settings.BCRYPT_ROUNDS)
     ensure_unique(session, email=body.email, username=body.username)
-    user = User.model_validate(body, update={"hashed_password": hash_password(body.password, settings.BCRYPT_ROUNDS)})
+    user = User.model_validate(body, update={"hashed_password": hashed_password})
     save_user(session, user)
     welcome = record_welcome(session, user, settings)
     background_tasks.add_task(send_notification, engine, settings, welcome.id)
