@@ -151,7 +151,7 @@ def get_owned_item_or_404(session: Session, item_id: int, user: User) -> Item:
 # --- Documented errors -------------------------------------------------------------------
 
 ERROR_DESCRIPTIONS = {
-    400: "Duplicate value, wrong password or invalid token",
+    400: "A body that is not UTF-8, a duplicate value, a wrong password or an invalid token",
     401: "Missing, invalid, expired or revoked token",
     403: "Inactive user, or not enough privileges",
     404: "Not found",
@@ -169,8 +169,9 @@ def errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorMessage, "description": ERROR_DESCRIPTIONS[code]} for code in status_codes}
 
 
-# Any route that reads a body can answer 413; any route behind CurrentUser, 401 and 403.
-BODY = errors(413)
+# Any route that reads a body can answer 413, and 400 from FastAPI for a body that is not
+# UTF-8; any route behind CurrentUser, 401 and 403.
+BODY = errors(400, 413)
 AUTHENTICATED = errors(401, 403)
 
 # --- Routers --------------------------------------------------------------------------

@@ -29,8 +29,7 @@ import jwt
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
-from aiosmtpd.smtp import Session as SMTPSession
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session as SMTPSession
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 

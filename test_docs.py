@@ -1,0 +1,121 @@
+"""Tests for the interactive docs: /docs and /redoc work offline, and Swagger UI's
+Authorize button logs in through /auth/login.
+
+Patterns shown:
+- The HTML pages are parsed with the stdlib `HTMLParser`: every `src`, `href` and
+  `spec-url` attribute and every `url: '...'` in the inline script is an asset URL.
+- No `http://` or `https://` anywhere in a page: the docs load nothing from a CDN, so
+  they work without internet (fastapi-offline serves Swagger UI and ReDoc itself).
+- Every asset URL a page names, and every `url(...)` in its stylesheets, answers 200.
+
+Imports: conftest.
+"""
+
+import re
+from html.parser import HTMLParser
+from urllib.parse import urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import DEFAULT_PASSWORD, signup
+
+SCRIPT_URL = re.compile(r"""\burl:\s*['"]([^'"]+)['"]""")
+CSS_URL = re.compile(r"""url\(\s*['"]?([^'")]+)""")
+OAUTH2_REDIRECT_URL = re.compile(r"""oauth2RedirectUrl:\s*window\.location\.origin\s*\+\s*['"]([^'"]+)['"]""")
+
+DOCS_ASSETS = [
+    "/static-offline-docs/swagger-ui.css",
+    "/static-offline-docs/favicon.png",
+    "/static-offline-docs/swagger-ui-bundle.js",
+    "/api/v1/openapi.json",
+]
+REDOC_ASSETS = [
+    "/static-offline-docs/favicon.png",
+    "/api/v1/openapi.json",
+    "/static-offline-docs/redoc.standalone.js",
+]
+
+
+class AssetCollector(HTMLParser):
+    """Collects the URL-valued attributes of every tag, in page order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [value for name, value in attrs if name in ("src", "href", "spec-url") and value]
+
+
+def asset_urls(html: str) -> list[str]:
+    """Every URL the page names: tag attributes, then `url: '...'` in inline scripts."""
+    collector = AssetCollector()
+    collector.feed(html)
+    collector.close()
+    return collector.urls + SCRIPT_URL.findall(html)
+
+
+@pytest.mark.parametrize(("page", "expected"), [("/docs", DOCS_ASSETS), ("/redoc", REDOC_ASSETS)])
+def test_docs_page_names_only_same_origin_assets(client: TestClient, page: str, expected: list[str]) -> None:
+    """The page names exactly its own assets, all paths on this app, and no outside URL."""
+    response = client.get(page)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert re.findall(r"https?://\S+", response.text) == []
+    assert asset_urls(response.text) == expected
+    for url in expected:
+        parts = urlsplit(url)
+        assert (parts.scheme, parts.netloc, url[:1]) == ("", "", "/"), url
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_page_assets_answer_200(client: TestClient, page: str) -> None:
+    """Every asset the page names answers 200 from the app, and stylesheets fetch nothing more."""
+    for url in asset_urls(client.get(page).text):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert response.content, url
+        if url.endswith(".css"):
+            # Swagger UI's icons are inline `data:` images; anything else would be a fetch.
+            assert [ref for ref in CSS_URL.findall(response.text) if not ref.startswith("data:")] == []
+
+
+def test_swagger_ui_sends_the_schema_to_no_validator(client: TestClient) -> None:
+    """Swagger UI's default validator badge would send the schema's URL to an outside service."""
+    assert '"validatorUrl": null' in client.get("/docs").text
+
+
+def test_swagger_ui_oauth2_redirect_page_answers(client: TestClient) -> None:
+    """The OAuth2 redirect page that /docs names is served by the app."""
+    redirect_urls = OAUTH2_REDIRECT_URL.findall(client.get("/docs").text)
+    assert redirect_urls == ["/docs/oauth2-redirect"]
+    response = client.get(redirect_urls[0])
+    assert response.status_code == 200, response.text
+    assert "swaggerUIRedirectOauth2" in response.text
+    assert re.findall(r"https?://\S+", response.text) == []
+
+
+def test_openapi_oauth2_token_url_is_the_login_route(client: TestClient) -> None:
+    """The Authorize button posts to the schema's tokenUrl, which is /api/v1/auth/login."""
+    schema = client.get("/api/v1/openapi.json").json()
+    assert schema["components"]["securitySchemes"] == {
+        "OAuth2PasswordBearer": {
+            "type": "oauth2",
+            "flows": {"password": {"scopes": {}, "tokenUrl": "/api/v1/auth/login"}},
+        }
+    }
+    assert "post" in schema["paths"]["/api/v1/auth/login"]
+
+
+def test_swagger_ui_authorize_form_logs_in(client: TestClient) -> None:
+    """The form Swagger UI posts to the tokenUrl (with `grant_type` and empty scopes) gets a bearer token."""
+    signup(client, "ada")
+    form = {"grant_type": "password", "username": "ada", "password": DEFAULT_PASSWORD, "scope": ""}
+    response = client.post("/api/v1/auth/login", data=form)
+    assert response.status_code == 200, response.text
+    token = response.json()
+    assert token["token_type"] == "bearer"
+    me = client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token['access_token']}"})
+    assert me.status_code == 200, me.text
+    assert me.json()["username"] == "ada"
