@@ -8,7 +8,10 @@ Patterns shown:
   names a PostgreSQL server, that database emptied first.
 - The app comes from `create_app(settings)` with test settings (`BCRYPT_ROUNDS=4` keeps
   the suite fast), entered with `with TestClient(app)` so the lifespan runs.
-- Small helpers (`signup`, `login`) return what tests need next.
+- Small helpers (`signup`, `login`) return what tests need next; they take any client,
+  a `TestClient` or an `httpx2.Client` on a live server (`base_url` its root).
+- `settings_environ`: the test settings as environment variables, for `make_settings`
+  and for live servers.
 
 Imports: config, models, database, main.
 """
@@ -19,6 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
@@ -58,19 +62,25 @@ def database_url_fixture(tmp_path: Path) -> str:
     return TEST_DATABASE_URL
 
 
+def settings_environ(database_url: str, **overrides: str) -> dict[str, str]:
+    """The test settings as environment variables, for `load_settings` or a live server's
+    environment; keyword arguments override single variables."""
+    environ = {
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "BCRYPT_ROUNDS": "4",
+        "DATABASE_URL": database_url,
+        "FIRST_SUPERUSER_EMAIL": SUPERUSER_EMAIL,
+        "FIRST_SUPERUSER_PASSWORD": SUPERUSER_PASSWORD,
+    }
+    return environ | overrides
+
+
 @pytest.fixture(name="make_settings")
 def make_settings_fixture(database_url: str) -> MakeSettings:
     """Build test settings; keyword arguments override single variables."""
 
     def make_settings(**overrides: str) -> Settings:
-        environ = {
-            "SECRET_KEY": TEST_SECRET_KEY,
-            "BCRYPT_ROUNDS": "4",
-            "DATABASE_URL": database_url,
-            "FIRST_SUPERUSER_EMAIL": SUPERUSER_EMAIL,
-            "FIRST_SUPERUSER_PASSWORD": SUPERUSER_PASSWORD,
-        }
-        return load_settings(environ | overrides)
+        return load_settings(settings_environ(database_url, **overrides))
 
     return make_settings
 
@@ -87,7 +97,7 @@ def client_fixture(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
-def signup(client: TestClient, username: str = "ada", **fields: Any) -> dict[str, Any]:
+def signup(client: httpx2.Client, username: str = "ada", **fields: Any) -> dict[str, Any]:
     """Sign `username` up (email `<username>@example.com`) and return the user's JSON."""
     body = {"email": f"{username}@example.com", "username": username, "password": DEFAULT_PASSWORD} | fields
     response = client.post("/api/v1/users/", json=body)
@@ -96,7 +106,7 @@ def signup(client: TestClient, username: str = "ada", **fields: Any) -> dict[str
     return user
 
 
-def login(client: TestClient, username: str, password: str = DEFAULT_PASSWORD) -> dict[str, str]:
+def login(client: httpx2.Client, username: str, password: str = DEFAULT_PASSWORD) -> dict[str, str]:
     """Log in and return the `Authorization` header to send."""
     response = client.post("/api/v1/auth/login", data={"username": username, "password": password})
     assert response.status_code == 200, response.text

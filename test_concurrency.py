@@ -9,153 +9,65 @@ Patterns shown:
 - Everything bounded: request timeouts, polling with a deadline, capped loops. No test
   asserts a duration: a stall shows up as client timeouts or 500s (the pool's timeout).
 
-Imports: conftest.
+Imports: conftest, livetest.
 """
 
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
-from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, TEST_SECRET_KEY
+from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, login, settings_environ, signup
+from livetest import STOP_SECONDS, Server, copy_app, running_server
 
-APP_DIR = Path(__file__).parent
 API = "/api/v1"
-START_SECONDS = 30
-STOP_SECONDS = 15
 # Generous: under load on two cores a request may queue; only a stall takes this long.
 REQUEST_SECONDS = 20
 LOAD_SECONDS = 60
 
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 StartServer = Callable[..., Server]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx2.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx2.TransportError:
-        return False
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (uvicorn shuts down cleanly, workers included), SIGKILL for anything left."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_SECONDS)
-    # The server's own process group (start_new_session): no worker outlives the test.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(name="start_server")
 def start_server_fixture(tmp_path: Path, database_url: str) -> Iterator[StartServer]:
     """Start `uvicorn main:app` on this test's database; every server stops after the test."""
-    app_dir = tmp_path / "app"
-    app_dir.mkdir()
-    for module in APP_DIR.glob("*.py"):
-        if module.name != "conftest.py" and not module.name.startswith("test_"):
-            shutil.copy(module, app_dir)
-    if (APP_DIR / "alembic.ini").exists():
-        shutil.copy(APP_DIR / "alembic.ini", app_dir)
-        shutil.copytree(APP_DIR / "alembic", app_dir / "alembic", ignore=shutil.ignore_patterns("__pycache__"))
-    # The autouse `clean_environ` fixture has removed every app setting from os.environ.
-    environ = os.environ | {
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": TEST_SECRET_KEY,
-        "BCRYPT_ROUNDS": "4",
-        "FIRST_SUPERUSER_EMAIL": SUPERUSER_EMAIL,
-        "FIRST_SUPERUSER_PASSWORD": SUPERUSER_PASSWORD,
-        # No line per request: the load tests would spend their time logging.
-        "LOG_LEVEL": "WARNING",
-    }
-    processes: list[subprocess.Popen[bytes]] = []
+    app_dir = copy_app(tmp_path / "app")
+    # No line per request: the load tests would spend their time logging.
+    settings = settings_environ(database_url, LOG_LEVEL="WARNING")
+    with contextlib.ExitStack() as servers:
 
-    def start(workers: int = 1) -> Server:
-        port = free_port()
-        log_path = tmp_path / f"uvicorn-{port}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port), "--workers", str(workers)],
-                cwd=app_dir,
-                env=environ,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        processes.append(process)
-        server = Server(f"http://127.0.0.1:{port}", process, log_path)
-        deadline = time.monotonic() + START_SECONDS
-        while server.log().count("Application startup complete") < workers or not answers(server.url):
-            assert process.poll() is None, f"uvicorn exited with {process.returncode}:\n{server.log()}"
-            assert time.monotonic() < deadline, f"uvicorn did not start:\n{server.log()}"
-            time.sleep(0.05)
-        return server
+        def start(workers: int = 1) -> Server:
+            server = running_server(app_dir, "--workers", str(workers), started=workers, **settings)
+            return servers.enter_context(server)
 
-    yield start
-    for process in processes:
-        stop(process)
+        yield start
 
 
 def sign_up_users(url: str, count: int) -> list[dict[str, str]]:
     """Sign up `user0`, `user1`... on a live server; return their `Authorization` headers."""
     headers = []
-    with httpx2.Client(base_url=f"{url}{API}", timeout=REQUEST_SECONDS) as http:
+    with httpx2.Client(base_url=url, timeout=REQUEST_SECONDS) as http:
         for n in range(count):
-            body = {"email": f"user{n}@example.com", "username": f"user{n}", "password": DEFAULT_PASSWORD}
-            response = http.post("/users/", json=body)
-            assert response.status_code == 201, response.text
-            headers.append(log_in(http, f"user{n}", DEFAULT_PASSWORD))
+            signup(http, f"user{n}")
+            headers.append(login(http, f"user{n}"))
     return headers
-
-
-def log_in(http: httpx2.Client, username: str, password: str) -> dict[str, str]:
-    response = http.post("/auth/login", data={"username": username, "password": password})
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
 def read_all_items(url: str) -> list[dict[str, Any]]:
     """Every item in the database, page by page, as the superuser sees them."""
     items: list[dict[str, Any]] = []
-    with httpx2.Client(base_url=f"{url}{API}", timeout=REQUEST_SECONDS) as http:
-        headers = log_in(http, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    with httpx2.Client(base_url=url, timeout=REQUEST_SECONDS) as http:
+        headers = login(http, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
         for _ in range(1000):
-            response = http.get("/items/", params={"skip": len(items), "limit": 100}, headers=headers)
+            response = http.get(f"{API}/items/", params={"skip": len(items), "limit": 100}, headers=headers)
             assert response.status_code == 200, response.text
             page = response.json()
             items += page["data"]
@@ -333,9 +245,9 @@ def test_four_workers_start_on_a_fresh_database_and_create_one_superuser(start_s
     assert server.log().count("Application startup complete") == 4
     assert_no_server_error(server)
 
-    with httpx2.Client(base_url=f"{server.url}{API}", timeout=REQUEST_SECONDS) as http:
-        headers = log_in(http, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
-        response = http.get("/users/", headers=headers)
+    with httpx2.Client(base_url=server.url, timeout=REQUEST_SECONDS) as http:
+        headers = login(http, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+        response = http.get(f"{API}/users/", headers=headers)
     assert response.status_code == 200, response.text
     assert [(user["email"], user["is_superuser"]) for user in response.json()["data"]] == [(SUPERUSER_EMAIL, True)]
 

@@ -8,14 +8,13 @@ Patterns shown:
 - `TestClient` runs background tasks before it returns, so a notification's status is
   final right after the call that queued it.
 
-Imports: config, models, database, auth, emails, main, conftest.
+Imports: config, models, database, auth, emails, main, conftest, livetest.
 """
 
 import email
 import email.policy
 import logging
 import re
-import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from config import Settings
 from conftest import DEFAULT_PASSWORD, MakeSettings, login, signup
 from database import create_db_engine
 from emails import INTERRUPTED_ERROR
+from livetest import free_port
 from main import create_app
 from models import Notification
 
@@ -138,13 +138,6 @@ def console_log_fixture(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFi
     return caplog
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (the OS picks one, we release it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def smtp_server(handler: object, **smtp_options: Any) -> Iterator[int]:
     """Run an aiosmtpd server with `handler` on a free loopback port; yield the port."""
@@ -200,6 +193,13 @@ def reset_body(token: str, new_password: str = NEW_PASSWORD) -> dict[str, str]:
     return {"token": token, "new_password": new_password}
 
 
+def assert_reset_refused(client: TestClient, token: str, new_password: str = NEW_PASSWORD) -> None:
+    """POST /auth/reset-password with `token` is a 400 with the one invalid-token detail."""
+    response = client.post(RESET_PASSWORD, json=reset_body(token, new_password))
+    assert response.status_code == 400, response.text
+    assert response.json() == INVALID_TOKEN
+
+
 def count_notifications(client: TestClient) -> int:
     """Every notification in the database, whoever owns it."""
     with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
@@ -248,9 +248,7 @@ def test_password_recovery_mails_a_reset_token_that_works_once(smtp_client: Test
     first = smtp_client.post(RESET_PASSWORD, json=reset_body(token))
     assert first.status_code == 200, first.text
     assert first.json() == {"message": "Password updated"}
-    second = smtp_client.post(RESET_PASSWORD, json=reset_body(token, "yet another passphrase"))
-    assert second.status_code == 400, second.text
-    assert second.json() == INVALID_TOKEN
+    assert_reset_refused(smtp_client, token, "yet another passphrase")
     login(smtp_client, "ada", NEW_PASSWORD)
 
 
@@ -663,10 +661,7 @@ def test_reset_token_expires_after_reset_token_expire_minutes(
 )
 def test_reset_password_rejects_a_garbage_token(client: TestClient, user_headers: dict[str, str], token: str) -> None:
     """Anything that is not a reset token of ours is a 400, and the password stays."""
-    response = client.post(RESET_PASSWORD, json=reset_body(token))
-
-    assert response.status_code == 400, response.text
-    assert response.json() == INVALID_TOKEN
+    assert_reset_refused(client, token)
     login(client, "ada")
 
 
@@ -683,10 +678,7 @@ def test_reset_password_rejects_an_expired_token(client: TestClient, settings: S
     }
     expired = jwt.encode(claims, settings.SECRET_KEY, algorithm=settings.ALGORITHM)
 
-    response = client.post(RESET_PASSWORD, json=reset_body(expired))
-
-    assert response.status_code == 400, response.text
-    assert response.json() == INVALID_TOKEN
+    assert_reset_refused(client, expired)
     login(client, "ada")
 
 
@@ -697,20 +689,14 @@ def test_reset_password_rejects_a_token_signed_with_another_key(client: TestClie
     claims = {"sub": str(ada["id"]), "type": "reset", "ver": 0, "iat": now, "exp": now + timedelta(minutes=5)}
     forged = jwt.encode(claims, "another-secret-key-that-is-long-enough-for-hs256", algorithm=settings.ALGORITHM)
 
-    response = client.post(RESET_PASSWORD, json=reset_body(forged))
-
-    assert response.status_code == 400, response.text
-    assert response.json() == INVALID_TOKEN
+    assert_reset_refused(client, forged)
 
 
 def test_reset_password_rejects_an_access_token(client: TestClient, user_headers: dict[str, str]) -> None:
     """An access token is not a reset token: 400, and the password stays."""
     access_token = user_headers["Authorization"].removeprefix("Bearer ")
 
-    response = client.post(RESET_PASSWORD, json=reset_body(access_token))
-
-    assert response.status_code == 400, response.text
-    assert response.json() == INVALID_TOKEN
+    assert_reset_refused(client, access_token)
     login(client, "ada")
 
 
@@ -721,10 +707,7 @@ def test_reset_password_rejects_an_already_used_token(
     token = request_reset_token(client, console_log, "ada@example.com")
     assert client.post(RESET_PASSWORD, json=reset_body(token)).status_code == 200
 
-    response = client.post(RESET_PASSWORD, json=reset_body(token, "yet another passphrase"))
-
-    assert response.status_code == 400, response.text
-    assert response.json() == INVALID_TOKEN
+    assert_reset_refused(client, token, "yet another passphrase")
     login(client, "ada", NEW_PASSWORD)
 
 
@@ -736,10 +719,7 @@ def test_reset_password_revokes_the_other_reset_tokens(
     later = request_reset_token(client, console_log, "ada@example.com")
     assert client.post(RESET_PASSWORD, json=reset_body(later)).status_code == 200
 
-    response = client.post(RESET_PASSWORD, json=reset_body(earlier, "yet another passphrase"))
-
-    assert response.status_code == 400, response.text
-    assert response.json() == INVALID_TOKEN
+    assert_reset_refused(client, earlier, "yet another passphrase")
 
 
 def test_reset_password_rejects_a_short_password_and_keeps_the_token(

@@ -7,19 +7,14 @@ Patterns shown:
 - Pure ASGI calls with a hand-made `receive`, to prove a body is not read whole.
 - Start-up run for real in a subprocess (`python -c "import main"`, `uvicorn main:app`)
   from a copy of the app in `tmp_path`, so no `.secret_key` or `app.db` lands in the
-  repository; servers are awaited with a bounded loop and always stopped.
+  repository; servers (livetest.py) are awaited with a bounded loop and always stopped.
 
-Imports: config, database, main, middleware, conftest.
+Imports: config, database, main, middleware, conftest, livetest.
 """
 
 import asyncio
-import contextlib
 import logging
-import os
 import re
-import shutil
-import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -27,8 +22,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +35,7 @@ from starlette.types import Message
 from config import Settings, SettingsError, load_settings, read_or_create_dev_secret_key
 from conftest import DEFAULT_PASSWORD, TEST_SECRET_KEY, MakeSettings, login, signup
 from database import create_db_engine
+from livetest import child_environ, copy_app, free_port, running_server
 from main import MAX_BODY_BYTES, create_app
 from middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 
@@ -49,8 +43,6 @@ APP_DIR = Path(__file__).parent
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 LISTED_ORIGIN = "https://app.example.com"
 SECRET_KEY_WARNING = "SECRET_KEY is not set"
-SETTING_NAMES = {field.name for field in fields(Settings)} | {"TEST_DATABASE_URL"}
-SERVER_START_SECONDS = 30
 PROCESS_SECONDS = 30
 
 
@@ -60,14 +52,7 @@ PROCESS_SECONDS = 30
 @pytest.fixture(name="app_dir")
 def app_dir_fixture(tmp_path: Path) -> Path:
     """A copy of the application (modules and migrations), to run as a fresh checkout would."""
-    app_dir = tmp_path / "app"
-    app_dir.mkdir()
-    for module in APP_DIR.glob("*.py"):
-        if module.name != "conftest.py" and not module.name.startswith("test_"):
-            shutil.copy(module, app_dir)
-    shutil.copy(APP_DIR / "alembic.ini", app_dir)
-    shutil.copytree(APP_DIR / "alembic", app_dir / "alembic", ignore=shutil.ignore_patterns("__pycache__"))
-    return app_dir
+    return copy_app(tmp_path / "app")
 
 
 @pytest.fixture(name="cors_client")
@@ -86,85 +71,11 @@ def preflight(client: TestClient, origin: str) -> httpx2.Response:
     return client.options("/api/v1/items/", headers=headers)
 
 
-def child_environ(**settings: str) -> dict[str, str]:
-    """This process's environment without any app setting, plus `settings`."""
-    environ = {name: value for name, value in os.environ.items() if name not in SETTING_NAMES}
-    return environ | settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (uvicorn shuts down cleanly, workers included), SIGKILL for anything left."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-    # The server's own process group (start_new_session): no worker outlives the test.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-@contextmanager
-def running_server(app_dir: Path, *args: str, started: int = 1, **settings: str) -> Iterator[Server]:
-    """`uvicorn main:app` from `app_dir` on a free port, up once `started` workers are."""
-    port = free_port()
-    stdout_path, stderr_path = app_dir / f"uvicorn-{port}.out", app_dir / f"uvicorn-{port}.err"
-    with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port), *args],
-            cwd=app_dir,
-            env=child_environ(**settings),
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
-    server = Server(f"http://127.0.0.1:{port}", process, stdout_path, stderr_path)
-    try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while server.stderr().count("Application startup complete") < started or not answers(server.url):
-            assert process.poll() is None, f"uvicorn exited with {process.returncode}:\n{server.stderr()}"
-            assert time.monotonic() < deadline, f"uvicorn did not start:\n{server.stderr()}"
-            time.sleep(0.05)
-        yield server
-    finally:
-        stop(process)
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx2.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx2.TransportError:
-        return False
-
-
 def sign_up_and_log_in(url: str) -> dict[str, str]:
     """Sign `ada` up on a live server and return her `Authorization` header."""
     with httpx2.Client(base_url=url, timeout=10) as http:
-        body = {"email": "ada@example.com", "username": "ada", "password": DEFAULT_PASSWORD}
-        response = http.post("/api/v1/users/", json=body)
-        assert response.status_code == 201, response.text
-        response = http.post("/api/v1/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD})
-        assert response.status_code == 200, response.text
-        return {"Authorization": f"Bearer {response.json()['access_token']}"}
+        signup(http, "ada")
+        return login(http, "ada")
 
 
 def request_lines(caplog: pytest.LogCaptureFixture, request_id: str) -> list[logging.LogRecord]:
