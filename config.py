@@ -67,7 +67,7 @@ class Settings:
     SMTP_TIMEOUT_SECONDS: int = 10
     EMAILS_FROM: str = "noreply@example.com"
     LOG_LEVEL: str = "INFO"
-    THREADPOOL_SIZE: int = 40
+    THREADPOOL_SIZE: int = 4
 
 
 def _integer(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -207,7 +207,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         SMTP_TIMEOUT_SECONDS=_integer(environ, "SMTP_TIMEOUT_SECONDS", 10, 1, 300),
         EMAILS_FROM=_emails_from(environ),
         LOG_LEVEL=_choice({"LOG_LEVEL": environ.get("LOG_LEVEL", "").upper()}, "LOG_LEVEL", "INFO", LOG_LEVELS),
-        THREADPOOL_SIZE=_integer(environ, "THREADPOOL_SIZE", 40, 1, 1000),
+        THREADPOOL_SIZE=_integer(environ, "THREADPOOL_SIZE", Settings.THREADPOOL_SIZE, 1, 1000),
         # Last: its warning or key file only once every other value is known to be good.
         SECRET_KEY=_secret_key(environ, environment),
     )

@@ -5,6 +5,8 @@ Patterns shown:
   session (closed by the time they run), and open their own `Session`.
 - Every message is recorded as a `Notification` first, so its fate (`pending` ->
   `sent` | `failed`) is visible through the API, and a failure takes nothing else down.
+- Sending runs on threads of its own (`in_email_thread`): a hung mail server cannot take
+  the threads that serve requests.
 - Two backends chosen by settings: SMTP through the standard library's `smtplib`
   (STARTTLS, login, timeout), or the log, so a workshop needs no mail server.
 - Start-up marks notifications whose task died with the previous process `failed`.
@@ -15,8 +17,13 @@ Imports: config, models, database, auth.
 import logging
 import smtplib
 import ssl
+from collections.abc import Callable
 from datetime import datetime
 from email.message import EmailMessage
+from typing import Any
+
+from anyio import CapacityLimiter, to_thread
+from anyio.lowlevel import RunVar
 
 from sqlalchemy import Engine, update
 from sqlmodel import Session, select
@@ -28,6 +35,25 @@ from models import Notification, User, utc_now
 logger = logging.getLogger(__name__)
 
 INTERRUPTED_ERROR = "Not sent: the server stopped before its background task ran"
+
+
+# Background email runs on threads of its own, at most EMAIL_THREADS at a time, so a slow
+# or hung mail server holds these and never the (few) threads that serve requests.
+EMAIL_THREADS = 4
+_email_limiter: RunVar[CapacityLimiter] = RunVar("email_limiter")
+
+
+async def in_email_thread(task: Callable[..., None], *args: Any) -> None:
+    """Background task wrapper: run the blocking `task(*args)` on an email thread.
+
+    Usage: `background_tasks.add_task(in_email_thread, send_notification, engine, settings, id)`.
+    """
+    try:
+        limiter = _email_limiter.get()
+    except LookupError:  # first email of this event loop (a RunVar is per loop, like the limiter)
+        limiter = CapacityLimiter(EMAIL_THREADS)
+        _email_limiter.set(limiter)
+    await to_thread.run_sync(task, *args, limiter=limiter)
 
 
 def send_email(settings: Settings, *, to: str, subject: str, body: str) -> None:

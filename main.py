@@ -47,6 +47,7 @@ from config import Settings, SettingsDep, settings as default_settings
 from database import EngineDep, SessionDep, create_db_engine, migrate_database
 from emails import (
     fail_interrupted_notifications,
+    in_email_thread,
     record_notification,
     record_welcome,
     send_notification,
@@ -100,6 +101,9 @@ def read_page(session: Session, model: type[Row], *conditions: Any, skip: int, l
     """One page of `model` rows ordered by id, and the total count of matching rows."""
     count = session.exec(select(func.count()).select_from(model).where(*conditions)).one()
     rows = session.exec(select(model).where(*conditions).order_by(model.id).offset(skip).limit(limit)).all()
+    # End the read transaction: the connection goes back to the pool now, rather than
+    # after the page is validated on another thread trip, and closing then costs none.
+    session.commit()
     return rows, count
 
 
@@ -203,7 +207,7 @@ def recover_password(
     body: PasswordRecovery, engine: EngineDep, settings: SettingsDep, background_tasks: BackgroundTasks
 ) -> Message:
     """Email a password reset token, if an account has this email."""
-    background_tasks.add_task(send_password_reset, engine, settings, body.email)
+    background_tasks.add_task(in_email_thread, send_password_reset, engine, settings, body.email)
     return Message(message="If an account has this email, a password reset token is on its way")
 
 
@@ -228,7 +232,7 @@ def create_user(
     user = User.model_validate(body, update={"hashed_password": hashed_password})
     save_user(session, user)
     welcome = record_welcome(session, user, settings)
-    background_tasks.add_task(send_notification, engine, settings, welcome.id)
+    background_tasks.add_task(in_email_thread, send_notification, engine, settings, welcome.id)
     return user
 
 
@@ -352,7 +356,7 @@ def create_notification(
 ) -> Notification:
     """Queue an email; its `status` tells later whether it went out."""
     notification = record_notification(session, owner_id=user.id, **body.model_dump())
-    background_tasks.add_task(send_notification, engine, settings, notification.id)
+    background_tasks.add_task(in_email_thread, send_notification, engine, settings, notification.id)
     return notification
 
 
