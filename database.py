@@ -23,6 +23,7 @@ from sqlalchemy import Engine, event, inspect, text
 from sqlmodel import Session, create_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+POOL_SIZE = 15
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 INITIAL_REVISION = "0001"
 MIGRATION_LOCK_KEY = 7_310_442  # any constant: the PostgreSQL advisory lock of our migrations
@@ -42,19 +43,22 @@ def _configure_sqlite_connection(dbapi_connection: Any, _connection_record: Any)
 
 
 def create_db_engine(database_url: str) -> Engine:
-    """Build the engine for `database_url`: SQLite tuned as above, others pre-pinged."""
+    """Build the engine for `database_url`: SQLite tuned as above, others pre-pinged.
+
+    The pool holds at most POOL_SIZE connections, like SQLAlchemy's default (5 + 10
+    overflow), but keeps them all open: the default closes every connection beyond the
+    fifth when it is returned, and opening one costs four PRAGMAs (SQLite) or a login
+    (PostgreSQL) on the request path. `hide_parameters`: no log or error message ever
+    shows a password hash.
+    """
+    pool = {"pool_size": POOL_SIZE, "max_overflow": 0, "hide_parameters": True}
     if database_url.startswith("sqlite"):
-        engine = create_engine(
-            database_url,
-            # A session opened in one worker thread is used and closed in others.
-            connect_args={"check_same_thread": False},
-            hide_parameters=True,
-        )
+        # check_same_thread: a session opened in one worker thread is used in others.
+        engine = create_engine(database_url, connect_args={"check_same_thread": False}, **pool)
         event.listen(engine, "connect", _configure_sqlite_connection)
         return engine
-    # hide_parameters: a DEBUG log or an error message never shows a password hash.
     # pre_ping: a restarted database server costs a reconnect, not failed requests.
-    return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
+    return create_engine(database_url, pool_pre_ping=True, **pool)
 
 
 def migrate_database(engine: Engine) -> None:
@@ -111,8 +115,8 @@ async def get_session(engine: EngineDep) -> AsyncIterator[Session]:
             session.close()
 
 
-# At most this many request sessions at once per process, fewer than the pool's 15
-# connections (SQLAlchemy's default 5 + 10 overflow). A `def` endpoint's response is
+# At most this many request sessions at once per process, fewer than the pool's
+# POOL_SIZE connections. A `def` endpoint's response is
 # validated on one more worker-thread trip, and a session that has read still holds its
 # connection then: unlimited, enough requests hold every connection while waiting for
 # threads that all wait for a connection (a 30 s pool_timeout stall, then 500s). Waiting

@@ -24,7 +24,6 @@ from typing import Any
 
 from anyio import CapacityLimiter, to_thread
 from anyio.lowlevel import RunVar
-
 from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
