@@ -23,7 +23,6 @@ from sqlalchemy import Engine, event, inspect, text
 from sqlmodel import Session, create_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
-POOL_SIZE = 15
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 INITIAL_REVISION = "0001"
 MIGRATION_LOCK_KEY = 7_310_442  # any constant: the PostgreSQL advisory lock of our migrations
@@ -45,20 +44,16 @@ def _configure_sqlite_connection(dbapi_connection: Any, _connection_record: Any)
 def create_db_engine(database_url: str) -> Engine:
     """Build the engine for `database_url`: SQLite tuned as above, others pre-pinged.
 
-    The pool holds at most POOL_SIZE connections, like SQLAlchemy's default (5 + 10
-    overflow), but keeps them all open: the default closes every connection beyond the
-    fifth when it is returned, and opening one costs four PRAGMAs (SQLite) or a login
-    (PostgreSQL) on the request path. `hide_parameters`: no log or error message ever
-    shows a password hash.
+    SQLAlchemy's default pool: up to 15 connections (5 kept, 10 overflow). `hide_parameters`:
+    no log or error message ever shows a password hash.
     """
-    pool = {"pool_size": POOL_SIZE, "max_overflow": 0, "hide_parameters": True}
     if database_url.startswith("sqlite"):
         # check_same_thread: a session opened in one worker thread is used in others.
-        engine = create_engine(database_url, connect_args={"check_same_thread": False}, **pool)
+        engine = create_engine(database_url, connect_args={"check_same_thread": False}, hide_parameters=True)
         event.listen(engine, "connect", _configure_sqlite_connection)
         return engine
     # pre_ping: a restarted database server costs a reconnect, not failed requests.
-    return create_engine(database_url, pool_pre_ping=True, **pool)
+    return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
 
 
 def migrate_database(engine: Engine) -> None:
@@ -115,8 +110,8 @@ async def get_session(engine: EngineDep) -> AsyncIterator[Session]:
             session.close()
 
 
-# At most this many request sessions at once per process, fewer than the pool's
-# POOL_SIZE connections. A `def` endpoint's response is
+# At most this many request sessions at once per process, fewer than the pool's 15
+# connections. A `def` endpoint's response is
 # validated on one more worker-thread trip, and a session that has read still holds its
 # connection then: unlimited, enough requests hold every connection while waiting for
 # threads that all wait for a connection (a 30 s pool_timeout stall, then 500s). Waiting
