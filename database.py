@@ -111,11 +111,11 @@ async def get_session(engine: EngineDep) -> AsyncIterator[Session]:
 
 
 # At most this many request sessions at once per process, fewer than the pool's 15
-# connections. A `def` endpoint's response is
-# validated on one more worker-thread trip, and a session that has read still holds its
-# connection then: unlimited, enough requests hold every connection while waiting for
-# threads that all wait for a connection (a 30 s pool_timeout stall, then 500s). Waiting
-# for a slot takes no thread; the spare connections serve background tasks.
+# connections. A `def` endpoint's response is validated on one more worker-thread trip,
+# and a session that has read still holds its connection then: unlimited, enough requests
+# hold every connection while waiting for threads that all wait for a connection (a 30 s
+# pool_timeout stall, then 500s). Waiting for a slot takes no thread; the spare
+# connections serve background tasks.
 MAX_REQUEST_SESSIONS = 10
 
 # scope="function": close the session (and free its connection) as soon as the endpoint
