@@ -27,12 +27,11 @@ from sqlmodel import Session, select
 
 from config import Settings, SettingsDep, settings as default_settings
 from database import SessionDep
-from models import MAX_PASSWORD_BYTES, User, utc_now
+from models import MAX_DB_INT, MAX_PASSWORD_BYTES, User, utc_now
 
 logger = logging.getLogger(__name__)
 
 TokenType = Literal["access", "reset"]
-MAX_DB_ID = 2**63 - 1
 
 
 # --- Passwords ----------------------------------------------------------------------
@@ -149,7 +148,7 @@ def user_from_token(session: Session, token: str, *, token_type: TokenType, sett
         user_id = int(claims["sub"])
     except (jwt.InvalidTokenError, ValueError):
         return None
-    if claims.get("type") != token_type or not 1 <= user_id <= MAX_DB_ID:
+    if claims.get("type") != token_type or not 1 <= user_id <= MAX_DB_INT:
         return None
     user = session.get(User, user_id)
     if user is None or claims.get("ver") != user.token_version:

@@ -55,6 +55,8 @@ from emails import (
 )
 from middleware import BodySizeLimitMiddleware, RequestLogMiddleware, configure_logging
 from models import (
+    MAX_DB_INT,
+    MIN_DB_INT,
     ErrorMessage,
     HealthStatus,
     Item,
@@ -82,14 +84,11 @@ from models import (
 )
 
 MAX_BODY_BYTES = 1024 * 1024
-# SQLite and PostgreSQL integers are 64-bit: a larger number overflows the driver (a 500),
-# so ids and offsets are bounded to what the database can hold (a 422 beyond).
-MIN_DB_INT, MAX_DB_INT = -(2**63), 2**63 - 1
+# Ids and offsets are bounded to the database's 64-bit integers: beyond, the driver
+# overflows (a 500), so such values are a 422 here.
 Skip = Annotated[int, Query(ge=0, le=MAX_DB_INT)]
 Limit = Annotated[int, Query(ge=1, le=100)]
-UserId = Annotated[int, Path(ge=MIN_DB_INT, le=MAX_DB_INT)]
-ItemId = Annotated[int, Path(ge=MIN_DB_INT, le=MAX_DB_INT)]
-NotificationId = Annotated[int, Path(ge=MIN_DB_INT, le=MAX_DB_INT)]
+RowId = Annotated[int, Path(ge=MIN_DB_INT, le=MAX_DB_INT)]
 
 Row = TypeVar("Row", User, Item, Notification)
 
@@ -274,7 +273,7 @@ def read_users(session: SessionDep, _: SuperUser, skip: Skip = 0, limit: Limit =
 
 
 @users_router.get("/{user_id}", response_model=UserPublic, responses=errors(404) | AUTHENTICATED)
-def read_user(user_id: UserId, session: SessionDep, user: CurrentUser) -> User:
+def read_user(user_id: RowId, session: SessionDep, user: CurrentUser) -> User:
     """One user: yourself, or anyone for a superuser."""
     if user.id == user_id:
         return user
@@ -285,7 +284,7 @@ def read_user(user_id: UserId, session: SessionDep, user: CurrentUser) -> User:
 
 
 @users_router.patch("/{user_id}", response_model=UserPublic, responses=errors(400, 404) | AUTHENTICATED)
-def update_user(user_id: UserId, body: UserUpdate, session: SessionDep, settings: SettingsDep, _: SuperUser) -> User:
+def update_user(user_id: RowId, body: UserUpdate, session: SessionDep, settings: SettingsDep, _: SuperUser) -> User:
     """Change any user, including password, active and superuser flags (superusers only)."""
     user = get_user_or_404(session, user_id)
     changes = body.model_dump(exclude_unset=True)
@@ -298,7 +297,7 @@ def update_user(user_id: UserId, body: UserUpdate, session: SessionDep, settings
 
 
 @users_router.delete("/{user_id}", status_code=204, responses=errors(404) | AUTHENTICATED)
-def delete_user(user_id: UserId, session: SessionDep, _: SuperUser) -> None:
+def delete_user(user_id: RowId, session: SessionDep, _: SuperUser) -> None:
     """Delete a user with their items and notifications (superusers only)."""
     session.delete(get_user_or_404(session, user_id))
     session.commit()
@@ -322,13 +321,13 @@ def read_items(session: SessionDep, user: CurrentUser, skip: Skip = 0, limit: Li
 
 
 @items_router.get("/{item_id}", response_model=ItemPublic, responses=errors(404))
-def read_item(item_id: ItemId, session: SessionDep, user: CurrentUser) -> Item:
+def read_item(item_id: RowId, session: SessionDep, user: CurrentUser) -> Item:
     """One item of the caller's."""
     return get_owned_item_or_404(session, item_id, user)
 
 
 @items_router.patch("/{item_id}", response_model=ItemPublic, responses=errors(404))
-def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep, user: CurrentUser) -> Item:
+def update_item(item_id: RowId, body: ItemUpdate, session: SessionDep, user: CurrentUser) -> Item:
     """Change an item's title or description."""
     item = get_owned_item_or_404(session, item_id, user)
     item.sqlmodel_update(body.model_dump(exclude_unset=True))
@@ -339,7 +338,7 @@ def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep, user: Cu
 
 
 @items_router.delete("/{item_id}", status_code=204, responses=errors(404))
-def delete_item(item_id: ItemId, session: SessionDep, user: CurrentUser) -> None:
+def delete_item(item_id: RowId, session: SessionDep, user: CurrentUser) -> None:
     """Delete an item."""
     session.delete(get_owned_item_or_404(session, item_id, user))
     session.commit()
@@ -370,7 +369,7 @@ def read_notifications(
 
 
 @notifications_router.get("/{notification_id}", response_model=NotificationPublic, responses=errors(404))
-def read_notification(notification_id: NotificationId, session: SessionDep, user: CurrentUser) -> Notification:
+def read_notification(notification_id: RowId, session: SessionDep, user: CurrentUser) -> Notification:
     """One of the caller's notifications, with its current status."""
     notification = session.get(Notification, notification_id)
     if notification is None or notification.owner_id != user.id:

@@ -79,6 +79,9 @@ Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)]
 Password = Annotated[str, AfterValidator(_password_bytes)]
 
 
+# The range of the 64-bit integers of SQLite and PostgreSQL (BIGINT).
+MIN_DB_INT, MAX_DB_INT = -(2**63), 2**63 - 1
+
 # 64-bit ids everywhere: BIGINT on PostgreSQL (INTEGER there is 32-bit), and SQLite's
 # INTEGER, which is 64-bit and the only type that makes a column the autoincrementing rowid.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
