@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+import auth
 from config import Settings
 from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, MakeSettings, login, signup
 from database import create_db_engine
@@ -261,6 +262,15 @@ def test_login_unknown_user_and_wrong_password_get_the_same_401(client: TestClie
         assert response.status_code == 401, response.text
         assert response.json() == BAD_CREDENTIALS
         assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_login_unknown_user_still_spends_a_bcrypt_check(client: TestClient) -> None:
+    """An unknown user is checked against the dummy hash: timing does not reveal accounts."""
+    auth._dummy_hash.cache_clear()
+    response = client.post(f"{API}/auth/login", data={"username": "nobody", "password": "wrong password"})
+    assert response.status_code == 401, response.text
+    calls = auth._dummy_hash.cache_info()
+    assert calls.hits + calls.misses == 1
 
 
 def test_login_with_password_over_72_bytes_gets_401(client: TestClient) -> None:
