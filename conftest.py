@@ -10,6 +10,7 @@ Patterns shown:
   the suite fast), entered with `with TestClient(app)` so the lifespan runs.
 - Small helpers (`signup`, `login`) return what tests need next; they take any client,
   a `TestClient` or an `httpx2.Client` on a live server (`base_url` its root).
+- `run_at_once`: calls released together by a barrier, for races (workers starting).
 - `settings_environ`: the test settings as environment variables, for `make_settings`
   and for live servers.
 
@@ -17,10 +18,12 @@ Imports: config, models, database, main.
 """
 
 import os
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 import pytest
@@ -124,3 +127,21 @@ def user_headers_fixture(client: TestClient) -> dict[str, str]:
 def superuser_headers_fixture(client: TestClient) -> dict[str, str]:
     """Headers of the first superuser, created at start-up from the settings."""
     return login(client, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+
+
+Result = TypeVar("Result")
+
+
+def run_at_once(calls: list[Callable[[], Result]]) -> list[Result]:
+    """Run each call in its own thread, all released at the same moment; their results in order.
+
+    The first exception any call raised is raised here, with its traceback.
+    """
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], Result]) -> Result:
+        barrier.wait(timeout=10)
+        return call()
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(run, calls))

@@ -3,9 +3,9 @@
 Each test gets the empty database of conftest.py's `database_url` fixture.
 """
 
-import threading
 import warnings
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from alembic import command
@@ -20,7 +20,7 @@ from sqlmodel import Session, SQLModel
 
 from auth import hash_password
 from config import Settings
-from conftest import login
+from conftest import login, run_at_once
 from database import ALEMBIC_INI, create_db_engine, migrate_database
 from main import create_app
 from models import Item, User
@@ -110,22 +110,7 @@ def test_database_from_create_all_is_adopted_with_its_data(settings: Settings, e
 def test_workers_migrating_at_once_neither_crash_nor_repeat(settings: Settings) -> None:
     """Four engines (as four workers would) migrate one fresh database concurrently."""
     engines = [create_db_engine(settings.DATABASE_URL) for _ in range(4)]
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(engines))
-
-    def migrate(engine: Engine) -> None:
-        start.wait(timeout=10)
-        try:
-            migrate_database(engine)
-        except BaseException as error:  # collected and asserted below
-            errors.append(error)
-
-    threads = [threading.Thread(target=migrate, args=(engine,)) for engine in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert errors == []
+    run_at_once([partial(migrate_database, engine) for engine in engines])
     assert schema_differences(engines[0]) == []
     for engine in engines:
         engine.dispose()

@@ -18,10 +18,9 @@ import re
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.types import Message
 
 from config import Settings, SettingsError, load_settings, read_or_create_dev_secret_key
-from conftest import DEFAULT_PASSWORD, TEST_SECRET_KEY, MakeSettings, login, signup
+from conftest import DEFAULT_PASSWORD, TEST_SECRET_KEY, MakeSettings, login, run_at_once, signup
 from database import create_db_engine
 from livetest import child_environ, copy_app, free_port, running_server
 from main import MAX_BODY_BYTES, create_app
@@ -547,14 +546,7 @@ def test_dev_secret_key_tokens_work_across_two_workers(app_dir: Path) -> None:
 def test_dev_secret_key_created_by_many_threads_at_once_is_one_key(tmp_path: Path) -> None:
     """Threads racing to create the key file all read the same key."""
     path = tmp_path / ".secret_key"
-    barrier = threading.Barrier(8)
-
-    def create() -> str:
-        barrier.wait(timeout=PROCESS_SECONDS)
-        return read_or_create_dev_secret_key(path)
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        keys = list(pool.map(lambda _: create(), range(8)))
+    keys = run_at_once([partial(read_or_create_dev_secret_key, path)] * 8)
     assert len(set(keys)) == 1 and len(keys[0]) >= 32
     assert path.read_text().strip() == keys[0]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
