@@ -4,13 +4,15 @@ and input that one database stores and the other refuses (a NUL byte).
 Every test runs on conftest's `database_url`; the engine-specific ones skip on the other.
 """
 
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
-from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD
+from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, run_at_once
 from database import SQLITE_BUSY_TIMEOUT_MS, create_db_engine
 
 API = "/api/v1"
@@ -38,6 +40,23 @@ def test_sqlite_connections_use_wal_foreign_keys_busy_timeout_and_full_sync(data
                 }
     finally:
         engine.dispose()
+
+
+def test_connections_opening_a_new_sqlite_file_at_once_all_switch_it_to_wal(tmp_path: Path) -> None:
+    """Workers starting on a fresh file race to switch it to WAL; none gets "database is locked"."""
+    for attempt in range(20):
+        engines = [create_db_engine(f"sqlite:///{tmp_path}/fresh-{attempt}.db") for _ in range(4)]
+        try:
+            modes = run_at_once([partial(journal_mode, engine) for engine in engines])
+        finally:
+            for engine in engines:
+                engine.dispose()
+        assert modes == ["wal"] * len(engines)
+
+
+def journal_mode(engine: Engine) -> Any:
+    with engine.connect() as connection:
+        return connection.exec_driver_sql("PRAGMA journal_mode").scalar()
 
 
 def test_postgresql_pooled_connection_killed_by_the_server_is_replaced(database_url: str) -> None:
