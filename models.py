@@ -18,7 +18,7 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, EmailStr, StringConstraints
+from pydantic import AfterValidator, EmailStr, StringConstraints, WithJsonSchema
 from sqlalchemy import BigInteger, DateTime, Dialect, Index, Integer, func
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -75,6 +75,10 @@ def _password_bytes(value: str) -> str:
 Text = Annotated[str, AfterValidator(_storable_text)]
 Line = Annotated[str, AfterValidator(_storable_text), AfterValidator(_single_line)]
 Email = Annotated[EmailStr, AfterValidator(str.lower)]
+# An email read back from the database was checked on its way in; email-validator checking
+# it again on every response was 8% of the CPU of GET /users/me (0.76 -> 0.70 ms in process).
+# Documented as an email all the same.
+StoredEmail = Annotated[str, WithJsonSchema({"type": "string", "format": "email"})]
 Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)]
 Password = Annotated[str, AfterValidator(_password_bytes)]
 
@@ -154,6 +158,7 @@ class UpdatePassword(SQLModel):
 
 # Returned for a user: never the password hash
 class UserPublic(UserBase):
+    email: StoredEmail
     id: int
     is_active: bool
     is_superuser: bool
