@@ -37,9 +37,10 @@ DEV_SECRET_KEY_FILE = Path(".secret_key")
 MIN_PRODUCTION_SECRET_LENGTH = 32
 ALLOWED_ALGORITHMS = ("HS256", "HS384", "HS512")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
-# One worker thread per core, not anyio's 40: SQLite work is CPU-bound in this process and
-# more threads mostly take turns at the GIL (bench/ on 2 cores: GET /users/me at 1.68x the
-# naive version's req/s with 2 threads, 1.31x with 4, about 1.2x with 40).
+# One worker thread per core, not anyio's 40: database work is CPU-bound in this process and
+# more threads mostly take turns at the GIL (bench/ on 2 cores, GET /users/me against the
+# naive version: 1.36x with 2 threads, 1.27x with 4, about 1.2x with 40; on a local
+# PostgreSQL, 1.15x with 2 and 0.84x with 8).
 DEFAULT_THREADPOOL_SIZE = os.cpu_count() or 1
 
 
@@ -185,7 +186,7 @@ def _secret_key(environ: Mapping[str, str], environment: str) -> str:
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build the settings from `environ`, or raise `SettingsError` naming the bad variable."""
-    environment = _choice(environ, "ENVIRONMENT", "development", ("development", "production"))
+    environment = _choice(environ, "ENVIRONMENT", Settings.ENVIRONMENT, ("development", "production"))
     superuser_password = environ.get("FIRST_SUPERUSER_PASSWORD", "")
     if superuser_password and not 8 <= len(superuser_password.encode()) <= 72:
         raise SettingsError("FIRST_SUPERUSER_PASSWORD must be 8 to 72 bytes of UTF-8")
@@ -195,23 +196,29 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         API_V1_STR=_api_prefix(environ),
         ENVIRONMENT=cast(Literal["development", "production"], environment),
         DATABASE_URL=_database_url(environ),
-        ALGORITHM=_choice(environ, "ALGORITHM", "HS256", ALLOWED_ALGORITHMS),
-        ACCESS_TOKEN_EXPIRE_MINUTES=_integer(environ, "ACCESS_TOKEN_EXPIRE_MINUTES", 30, 1, 525_600),
-        RESET_TOKEN_EXPIRE_MINUTES=_integer(environ, "RESET_TOKEN_EXPIRE_MINUTES", 15, 1, 10_080),
+        ALGORITHM=_choice(environ, "ALGORITHM", Settings.ALGORITHM, ALLOWED_ALGORITHMS),
+        ACCESS_TOKEN_EXPIRE_MINUTES=_integer(
+            environ, "ACCESS_TOKEN_EXPIRE_MINUTES", Settings.ACCESS_TOKEN_EXPIRE_MINUTES, 1, 525_600
+        ),
+        RESET_TOKEN_EXPIRE_MINUTES=_integer(
+            environ, "RESET_TOKEN_EXPIRE_MINUTES", Settings.RESET_TOKEN_EXPIRE_MINUTES, 1, 10_080
+        ),
         BACKEND_CORS_ORIGINS=_cors_origins(environ),
         FIRST_SUPERUSER_EMAIL=environ.get("FIRST_SUPERUSER_EMAIL", "").strip().lower(),
         FIRST_SUPERUSER_USERNAME=_superuser_username(environ),
         FIRST_SUPERUSER_PASSWORD=superuser_password,
-        BCRYPT_ROUNDS=_integer(environ, "BCRYPT_ROUNDS", 12, 4, 31),
+        BCRYPT_ROUNDS=_integer(environ, "BCRYPT_ROUNDS", Settings.BCRYPT_ROUNDS, 4, 31),
         SMTP_HOST=environ.get("SMTP_HOST", "").strip(),
-        SMTP_PORT=_integer(environ, "SMTP_PORT", 587, 1, 65535),
+        SMTP_PORT=_integer(environ, "SMTP_PORT", Settings.SMTP_PORT, 1, 65535),
         SMTP_USER=environ.get("SMTP_USER", "").strip(),
         SMTP_PASSWORD=environ.get("SMTP_PASSWORD", ""),
-        SMTP_TLS=_boolean(environ, "SMTP_TLS", True),
-        SMTP_TIMEOUT_SECONDS=_integer(environ, "SMTP_TIMEOUT_SECONDS", 10, 1, 300),
+        SMTP_TLS=_boolean(environ, "SMTP_TLS", Settings.SMTP_TLS),
+        SMTP_TIMEOUT_SECONDS=_integer(environ, "SMTP_TIMEOUT_SECONDS", Settings.SMTP_TIMEOUT_SECONDS, 1, 300),
         EMAILS_FROM=_emails_from(environ),
-        LOG_LEVEL=_choice({"LOG_LEVEL": environ.get("LOG_LEVEL", "").upper()}, "LOG_LEVEL", "INFO", LOG_LEVELS),
-        THREADPOOL_SIZE=_integer(environ, "THREADPOOL_SIZE", DEFAULT_THREADPOOL_SIZE, 1, 1000),
+        LOG_LEVEL=_choice(
+            {"LOG_LEVEL": environ.get("LOG_LEVEL", "").upper()}, "LOG_LEVEL", Settings.LOG_LEVEL, LOG_LEVELS
+        ),
+        THREADPOOL_SIZE=_integer(environ, "THREADPOOL_SIZE", Settings.THREADPOOL_SIZE, 1, 1000),
         # Last: its warning or key file only once every other value is known to be good.
         SECRET_KEY=_secret_key(environ, environment),
     )

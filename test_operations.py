@@ -20,12 +20,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+from dotenv import dotenv_values
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.testclient import TestClient
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -170,6 +172,21 @@ def test_request_log_uses_the_generated_id(client: TestClient, caplog: pytest.Lo
     request_id = response.headers["X-Request-ID"]
     [line] = request_lines(caplog, request_id)
     assert re.fullmatch(rf"POST /api/v1/users/ 422 \d+\.\dms request_id={request_id}", line.getMessage())
+
+
+def test_env_example_documents_every_setting_with_its_default() -> None:
+    """`.env.example` names every setting, and its values are exactly the defaults (SPEC 2)."""
+    documented = dotenv_values(Path(__file__).with_name(".env.example"))
+    assert set(documented) == {setting.name for setting in fields(Settings)}
+    key = {"SECRET_KEY": TEST_SECRET_KEY}
+    defaults = load_settings(key)
+    assert load_settings({**{k: v or "" for k, v in documented.items()}, **key}) == defaults
+    assert (defaults.API_V1_STR, defaults.DATABASE_URL, defaults.ALGORITHM) == (
+        "/api/v1",
+        "sqlite:///./app.db",
+        "HS256",
+    )
+    assert (defaults.ACCESS_TOKEN_EXPIRE_MINUTES, defaults.BCRYPT_ROUNDS) == (30, 12)
 
 
 def test_log_level_defaults_to_info(make_settings: MakeSettings, caplog: pytest.LogCaptureFixture) -> None:
