@@ -81,17 +81,21 @@ def authenticate(session: Session, *, login: str, password: str, rounds: int) ->
     return user
 
 
-def set_password(session: Session, user: User, new_password: str, rounds: int) -> bool:
+def set_password(
+    session: Session, user: User, new_password: str, rounds: int, *, from_version: int | None = None
+) -> bool:
     """Store a new hash and bump `token_version`, revoking every token issued before.
 
-    A compare-and-set on the version the caller read: of two concurrent uses of one
-    reset token only one succeeds. Returns False for the loser. The caller commits.
+    With `from_version` (the version a reset token carries) it is a compare-and-set: only
+    if the password has not changed since, so of two concurrent uses of one reset token
+    only one succeeds. Returns False when no row was changed. The caller commits.
     """
+    statement = update(User).where(User.id == user.id)  # type: ignore[arg-type]
+    if from_version is not None:
+        statement = statement.where(User.token_version == from_version)  # type: ignore[arg-type]
     hashed_password = hash_password(new_password, rounds)
     result = session.exec(
-        update(User)
-        .where(User.id == user.id, User.token_version == user.token_version)  # type: ignore[arg-type]
-        .values(hashed_password=hashed_password, token_version=user.token_version + 1, updated_at=utc_now())
+        statement.values(hashed_password=hashed_password, token_version=User.token_version + 1, updated_at=utc_now())
     )
     return result.rowcount == 1
 

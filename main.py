@@ -214,7 +214,12 @@ def recover_password(
 def reset_password(body: PasswordReset, session: SessionDep, settings: SettingsDep) -> Message:
     """Set a new password with a reset token; the token works once."""
     user = user_from_token(session, body.token, token_type="reset", settings=settings)
-    if user is None or not user.is_active or not set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS):
+    if (
+        user is None
+        or not user.is_active
+        # A compare-and-set on the token's version: the token works once, even when raced.
+        or not set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS, from_version=user.token_version)
+    ):
         raise HTTPException(status_code=400, detail="Invalid or expired token")
     session.commit()
     return Message(message="Password updated")

@@ -642,6 +642,28 @@ def test_update_user_as_superuser(client: TestClient, superuser_headers: dict[st
     assert body["is_superuser"] is True and body["full_name"] == "Admin Ada" and body["username"] == "ada2"
 
 
+def test_password_change_from_a_stale_read_still_applies(client: TestClient, settings: Settings) -> None:
+    """Only a reset token compares versions: a password set after another change, from a
+    user row read before it, is stored rather than silently dropped."""
+    signup(client, "ada")
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    with Session(engine, expire_on_commit=False) as stale, Session(engine) as other:
+        user = stale.exec(select(User).where(User.username == "ada")).one()
+        stale.commit()
+        fresh = other.get(User, user.id)
+        assert fresh is not None
+        assert auth.set_password(other, fresh, "changed elsewhere", settings.BCRYPT_ROUNDS)
+        other.commit()
+        assert auth.set_password(stale, user, "the later change", settings.BCRYPT_ROUNDS)
+        stale.commit()
+        used_version = user.token_version
+        assert not auth.set_password(
+            stale, user, "with a used token", settings.BCRYPT_ROUNDS, from_version=used_version
+        )
+        stale.commit()
+    login(client, "ada", "the later change")
+
+
 def test_update_user_password_as_superuser_revokes_tokens(
     client: TestClient, superuser_headers: dict[str, str]
 ) -> None:
