@@ -3,6 +3,7 @@
 Fixtures and helpers come from conftest.py: every test runs on a fresh database.
 """
 
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -16,7 +17,7 @@ from config import Settings
 from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, MakeSettings, login, signup
 from database import create_db_engine
 from main import create_app
-from models import User
+from models import Notification, User
 
 API = "/api/v1"
 USER_FIELDS = {"id", "email", "username", "full_name", "is_active", "is_superuser", "created_at", "updated_at"}
@@ -240,7 +241,7 @@ def test_login_with_username_returns_a_bearer_token(client: TestClient) -> None:
     body = response.json()
     assert set(body) == {"access_token", "token_type", "expires_in"}
     assert body["token_type"] == "bearer"
-    assert body["expires_in"] == 30 * 60
+    assert body["expires_in"] == 30 * 60 and type(body["expires_in"]) is int
 
 
 def test_login_accepts_email_or_username_in_any_case(client: TestClient) -> None:
@@ -545,12 +546,15 @@ def test_update_password_me_with_too_long_new_password_gets_422(
 def test_delete_me_removes_the_user_with_items(
     client: TestClient, user_headers: dict[str, str], superuser_headers: dict[str, str]
 ) -> None:
-    """204, and the user's items go too (foreign keys on, also on SQLite)."""
+    """204, and the user's items and notifications go too (foreign keys on, also on SQLite)."""
     create_items(client, user_headers, 3)
+    owner_id = client.get(f"{API}/users/me", headers=user_headers).json()["id"]
     response = client.delete(f"{API}/users/me", headers=user_headers)
     assert response.status_code == 204, response.text
     assert response.content == b""
     assert client.get(f"{API}/items/", headers=superuser_headers).json() == {"data": [], "count": 0}
+    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+        assert session.exec(select(Notification).where(Notification.owner_id == owner_id)).all() == []
 
 
 # --- /users (superuser) ---------------------------------------------------------------
@@ -789,6 +793,34 @@ def test_create_item_accepts_the_longest_title_and_description(
     """The limits are inclusive."""
     response = client.post(f"{API}/items/", headers=user_headers, json={"title": "x" * 255, "description": "y" * 1000})
     assert response.status_code == 201, response.text
+
+
+def test_every_secured_operation_without_a_token_gets_401_with_bearer_challenge(client: TestClient) -> None:
+    """Every operation the schema marks as secured answers 401 `Not authenticated` and
+    `WWW-Authenticate: Bearer` when no token is sent."""
+    schema = client.get(f"{API}/openapi.json").json()
+    secured = [
+        (method, re.sub(r"\{\w+\}", "1", path))  # any id: the token is checked first
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("security")
+    ]
+    assert len(secured) >= 15
+    for method, path in secured:
+        response = client.request(method, path, json={})
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.json() == {"detail": "Not authenticated"}, (method, path)
+        assert response.headers["WWW-Authenticate"] == "Bearer", (method, path)
+
+
+def test_listings_default_to_the_first_100_rows_with_the_total_count(
+    client: TestClient, user_headers: dict[str, str]
+) -> None:
+    """Without skip and limit a listing is rows 1 to 100 by id; count is the total (SPEC 4)."""
+    created = create_items(client, user_headers, 101)
+    body = client.get(f"{API}/items/", headers=user_headers).json()
+    assert body["count"] == 101
+    assert [item["id"] for item in body["data"]] == [item["id"] for item in created[:100]]
 
 
 def test_items_require_a_token(client: TestClient) -> None:
