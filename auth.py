@@ -168,6 +168,7 @@ def credentials_error(detail: str = "Could not validate credentials") -> HTTPExc
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+# tokenUrl only documents where to log in; `main.create_app` writes its own settings' prefix.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl=f"{default_settings.API_V1_STR}/auth/login")
 TokenDep = Annotated[str, Depends(oauth2_scheme)]
 

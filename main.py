@@ -10,6 +10,7 @@ Patterns shown:
 - Sync `def` endpoints on `SessionDep`, `CurrentUser`, `SuperUser`; fetch-or-fail helpers;
   `response_model` and `status_code` in the decorator; background tasks for email.
 - A 422 handler with FastAPI's body shape that survives any input.
+- FastAPI's "extending OpenAPI" pattern: the schema's login URL follows the app's settings.
 
 Imports: config, models, database, auth, emails, middleware.
 """
@@ -407,6 +408,25 @@ def operation_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
+def document_login_url(app: FastAPI, api_prefix: str) -> None:
+    """Point Swagger UI's Authorize button at this app's own login route.
+
+    `CurrentUser`'s OAuth2 scheme is built once, at import, with the environment's
+    API_V1_STR; an app built on other settings (`create_app(settings)`) would send the
+    button to a route it does not serve. FastAPI's "extending OpenAPI" pattern: wrap
+    `app.openapi`, whose result FastAPI caches.
+    """
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build_schema()
+        flows = schema["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
+        flows["password"]["tokenUrl"] = f"{api_prefix}/auth/login"
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def start_up(engine: Engine, settings: Settings, started_at: datetime) -> None:
     migrate_database(engine)
     create_first_superuser(engine, settings)
@@ -458,6 +478,7 @@ def create_app(settings: Settings = default_settings) -> FastAPI:
     for router in (auth_router, users_router, items_router, notifications_router):
         app.include_router(router, prefix=settings.API_V1_STR)
     app.include_router(health_router)
+    document_login_url(app, settings.API_V1_STR)
     return app
 
 

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import DEFAULT_PASSWORD, signup
+from conftest import DEFAULT_PASSWORD, MakeSettings, signup
+from main import create_app
 
 SCRIPT_URL = re.compile(r"""\burl:\s*['"]([^'"]+)['"]""")
 CSS_URL = re.compile(r"""url\(\s*['"]?([^'")]+)""")
@@ -106,6 +107,18 @@ def test_openapi_oauth2_token_url_is_the_login_route(client: TestClient) -> None
         }
     }
     assert "post" in schema["paths"]["/api/v1/auth/login"]
+
+
+def test_app_on_another_api_prefix_points_authorize_at_its_own_login(make_settings: MakeSettings) -> None:
+    """`create_app(settings)` with API_V1_STR=/v2 serves and documents everything under /v2."""
+    with TestClient(create_app(make_settings(API_V1_STR="/v2"))) as client:
+        schema = client.get("/v2/openapi.json").json()
+        flows = schema["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
+        assert flows["password"]["tokenUrl"] == "/v2/auth/login"
+        user = {"email": "ada@example.com", "username": "ada", "password": DEFAULT_PASSWORD}
+        assert client.post("/v2/users/", json=user).status_code == 201
+        assert client.post("/v2/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD}).status_code == 200
+        assert client.get("/api/v1/openapi.json").status_code == 404
 
 
 def test_swagger_ui_authorize_form_logs_in(client: TestClient) -> None:
