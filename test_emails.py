@@ -722,6 +722,17 @@ def test_reset_password_revokes_the_other_reset_tokens(
     assert_reset_refused(client, earlier, "yet another passphrase")
 
 
+def test_password_change_revokes_reset_tokens_issued_before(
+    client: TestClient, user_headers: dict[str, str], console_log: pytest.LogCaptureFixture
+) -> None:
+    """PATCH /users/me/password revokes an earlier reset token too (SPEC 5)."""
+    token = request_reset_token(client, console_log, "ada@example.com")
+    change = {"current_password": DEFAULT_PASSWORD, "new_password": "changed by the user"}
+    assert client.patch("/api/v1/users/me/password", json=change, headers=user_headers).status_code == 200
+
+    assert_reset_refused(client, token, "yet another passphrase")
+
+
 def test_reset_password_rejects_a_short_password_and_keeps_the_token(
     client: TestClient, user_headers: dict[str, str], console_log: pytest.LogCaptureFixture
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import jwt
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 import auth
@@ -322,6 +323,22 @@ def test_login_rehashes_a_password_stored_at_another_cost(make_settings: MakeSet
     with Session(create_db_engine(settings.DATABASE_URL)) as session:
         user = session.exec(select(User).where(User.username == "ada")).one()
         assert user.hashed_password.startswith("$2b$05$")
+
+
+def test_passwords_are_hashed_at_bcrypt_rounds_and_kept_when_the_cost_matches(client: TestClient) -> None:
+    """Sign-up hashes at BCRYPT_ROUNDS (4 in tests); a login at that cost re-hashes nothing."""
+    signup(client, "ada")
+    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+
+    def stored_hash() -> str:
+        with Session(engine) as session:
+            hashed: str = session.exec(select(User).where(User.username == "ada")).one().hashed_password
+            return hashed
+
+    signed_up = stored_hash()
+    assert signed_up.startswith("$2b$04$")
+    login(client, "ada")
+    assert stored_hash() == signed_up
 
 
 # --- Access tokens ---------------------------------------------------------------------
