@@ -7,6 +7,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import bcrypt
 import jwt
 import pytest
 from fastapi.testclient import TestClient
@@ -273,13 +274,20 @@ def test_login_unknown_user_and_wrong_password_get_the_same_401(client: TestClie
         assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-def test_login_unknown_user_still_spends_a_bcrypt_check(client: TestClient) -> None:
-    """An unknown user is checked against the dummy hash: timing does not reveal accounts."""
-    auth._dummy_hash.cache_clear()
+def test_login_unknown_user_still_spends_a_bcrypt_check(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown user costs one bcrypt check at BCRYPT_ROUNDS, as a known one does:
+    timing does not reveal accounts."""
+    checked_hashes: list[bytes] = []
+    checkpw = bcrypt.checkpw
+
+    def counting_checkpw(password: bytes, hashed_password: bytes) -> bool:
+        checked_hashes.append(hashed_password)
+        return checkpw(password, hashed_password)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting_checkpw)
     response = client.post(f"{API}/auth/login", data={"username": "nobody", "password": "wrong password"})
     assert response.status_code == 401, response.text
-    calls = auth._dummy_hash.cache_info()
-    assert calls.hits + calls.misses == 1
+    assert [hashed[:7] for hashed in checked_hashes] == [b"$2b$04$"]
 
 
 def test_login_with_password_over_72_bytes_gets_401(client: TestClient) -> None:
