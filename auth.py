@@ -4,8 +4,9 @@ Patterns shown:
 - bcrypt called directly (no passlib): hash, verify, and re-hash at login when
   `BCRYPT_ROUNDS` changed; unknown users still cost one bcrypt check.
 - JWTs with PyJWT: a pinned algorithm list, required claims, a `type` claim so a reset
-  token never passes for an access token, and a `ver` claim checked against the user's
-  `token_version` so a password change revokes every earlier token, on every worker.
+  token never passes for an access token, and a `stamp` claim checked against the user's
+  random `security_stamp`: a token names one account, never the next owner of its id, and
+  a new stamp (password change, deactivation) revokes every earlier token, on every worker.
 - One factory for every 401, with `WWW-Authenticate: Bearer`.
 - `Annotated` dependency aliases under their providers: `TokenDep`, `CurrentUser`, `SuperUser`.
 
@@ -27,7 +28,7 @@ from sqlmodel import Session, select
 
 from config import Settings, SettingsDep, settings as default_settings
 from database import SessionDep
-from models import MAX_DB_INT, MAX_PASSWORD_BYTES, User, utc_now
+from models import MAX_DB_INT, MAX_PASSWORD_BYTES, User, new_security_stamp, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -72,30 +73,42 @@ def authenticate(session: Session, *, login: str, password: str, rounds: int) ->
         # Spend the same bcrypt time as for a real user: timing must not reveal accounts.
         verify_password(password, _dummy_hash(rounds))
         return None
-    if not verify_password(password, user.hashed_password):
+    stored_hash = user.hashed_password
+    if not verify_password(password, stored_hash):
+        if hash_rounds(stored_hash) < rounds:
+            # A hash of a lower cost is checked in a blink: spend a check at `rounds` too, so
+            # the cost upgrade does not tell which accounts still have one (SPEC 5). A right
+            # password spends the same on the re-hash below.
+            verify_password(password, _dummy_hash(rounds))
         return None
-    if hash_rounds(user.hashed_password) != rounds:
-        user.hashed_password = hash_password(password, rounds)
-        session.add(user)
+    if hash_rounds(stored_hash) != rounds:
+        # Compare-and-set: replace only the hash just verified, never a password that a
+        # reset or change stored meanwhile.
+        new_hash = hash_password(password, rounds)
+        session.exec(
+            update(User)
+            .where(User.id == user.id, User.hashed_password == stored_hash)  # type: ignore[arg-type]
+            .values(hashed_password=new_hash)
+        )
         session.commit()
     return user
 
 
 def set_password(
-    session: Session, user: User, new_password: str, rounds: int, *, from_version: int | None = None
+    session: Session, user: User, new_password: str, rounds: int, *, from_stamp: str | None = None
 ) -> bool:
-    """Store a new hash and bump `token_version`, revoking every token issued before.
+    """Store a new hash and a new `security_stamp`, revoking every token issued before.
 
-    With `from_version` (the version a reset token carries) it is a compare-and-set: only
-    if the password has not changed since, so of two concurrent uses of one reset token
-    only one succeeds. Returns False when no row was changed. The caller commits.
+    With `from_stamp` (the stamp a reset token carries) it is a compare-and-set: only if
+    no token was revoked since, so of two concurrent uses of one reset token only one
+    succeeds. Returns False when no row was changed. The caller commits.
     """
     statement = update(User).where(User.id == user.id)  # type: ignore[arg-type]
-    if from_version is not None:
-        statement = statement.where(User.token_version == from_version)  # type: ignore[arg-type]
+    if from_stamp is not None:
+        statement = statement.where(User.security_stamp == from_stamp)  # type: ignore[arg-type]
     hashed_password = hash_password(new_password, rounds)
     result = session.exec(
-        statement.values(hashed_password=hashed_password, token_version=User.token_version + 1, updated_at=utc_now())
+        statement.values(hashed_password=hashed_password, security_stamp=new_security_stamp(), updated_at=utc_now())
     )
     return result.rowcount == 1
 
@@ -127,15 +140,18 @@ def create_first_superuser(engine: Engine, settings: Settings) -> None:
 
 
 def create_token(user: User, *, token_type: TokenType, settings: Settings) -> str:
+    """An access token, or a reset token that also names the address it is mailed to."""
     minutes = settings.ACCESS_TOKEN_EXPIRE_MINUTES if token_type == "access" else settings.RESET_TOKEN_EXPIRE_MINUTES
     now = datetime.now(timezone.utc)
     claims = {
         "sub": str(user.id),
         "type": token_type,
-        "ver": user.token_version,
+        "stamp": user.security_stamp,
         "iat": now,
         "exp": now + timedelta(minutes=minutes),
     }
+    if token_type == "reset":
+        claims["email"] = user.email
     return jwt.encode(claims, settings.SECRET_KEY, algorithm=settings.ALGORITHM)
 
 
@@ -155,7 +171,10 @@ def user_from_token(session: Session, token: str, *, token_type: TokenType, sett
     if claims.get("type") != token_type or not 1 <= user_id <= MAX_DB_INT:
         return None
     user = session.get(User, user_id)
-    if user is None or claims.get("ver") != user.token_version:
+    if user is None or claims.get("stamp") != user.security_stamp:
+        return None
+    # A reset token works only for the address it was mailed to (SPEC 5).
+    if token_type == "reset" and claims.get("email") != user.email:
         return None
     return user
 

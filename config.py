@@ -190,7 +190,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     superuser_password = environ.get("FIRST_SUPERUSER_PASSWORD", "")
     if superuser_password and not 8 <= len(superuser_password.encode()) <= 72:
         raise SettingsError("FIRST_SUPERUSER_PASSWORD must be 8 to 72 bytes of UTF-8")
-    return Settings(
+    settings = Settings(
         PROJECT_NAME=environ.get("PROJECT_NAME", "").strip() or Settings.PROJECT_NAME,
         VERSION=environ.get("VERSION", "").strip() or Settings.VERSION,
         API_V1_STR=_api_prefix(environ),
@@ -222,6 +222,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         # Last: its warning or key file only once every other value is known to be good.
         SECRET_KEY=_secret_key(environ, environment),
     )
+    if settings.ENVIRONMENT == "production" and not settings.SMTP_HOST:
+        logger.warning(
+            "SMTP_HOST is not set in production: emails are only logged, reset tokens withheld,"
+            " so nobody can recover a password"
+        )
+    return settings
 
 
 load_dotenv()

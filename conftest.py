@@ -28,10 +28,12 @@ from typing import Any, TypeVar
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import Session
 
 from config import Settings, load_settings
 from database import create_db_engine
 from main import create_app
+from models import User
 
 TEST_SECRET_KEY = "test-secret-key-long-enough-for-hs512-which-wants-64-bytes-of-key"
 DEFAULT_PASSWORD = "correct horse battery"
@@ -98,6 +100,17 @@ def client_fixture(settings: Settings) -> Iterator[TestClient]:
     """A client of a fresh app on the test settings, lifespan included."""
     with TestClient(create_app(settings)) as client:
         yield client
+
+
+def security_stamp(settings: Settings, user_id: int) -> str:
+    """The user's current `security_stamp`: what a valid token of theirs carries."""
+    engine = create_db_engine(settings.DATABASE_URL)
+    with Session(engine) as session:
+        user = session.get(User, user_id)
+        assert user is not None
+        stamp = user.security_stamp
+    engine.dispose()
+    return stamp
 
 
 def signup(client: httpx2.Client, username: str = "ada", **fields: Any) -> dict[str, Any]:

@@ -13,7 +13,8 @@ Imports: config (through alembic/env.py, which also imports models).
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -21,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, Request
-from sqlalchemy import Engine, event, inspect, text
+from sqlalchemy import Connection, Engine, event, inspect, text
 from sqlmodel import Session, create_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -76,26 +77,47 @@ def create_db_engine(database_url: str) -> Engine:
     return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
 
 
+@contextmanager
+def migration_transaction(connection: Connection) -> Iterator[None]:
+    """One transaction for a whole migration run, which workers starting together take in
+    turns: `BEGIN IMMEDIATE` on SQLite (its DDL is transactional), an advisory lock on
+    PostgreSQL. Used by start-up and by the `alembic` command (alembic/env.py).
+
+    SQLite: a revision that rebuilds a table (Alembic's batch mode) drops the old one, and
+    with foreign keys on, that drop first deletes every row that refers to it (ON DELETE
+    CASCADE). So, as SQLite's own procedure for schema changes says, keys are off for the
+    run (the pragma does nothing inside a transaction, hence first) and checked at the end.
+    """
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    try:
+        yield
+        if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+            raise RuntimeError("The migration left rows whose foreign keys point nowhere; nothing was changed")
+        connection.commit()
+    finally:
+        connection.rollback()  # a no-op after the commit
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+
+
 def migrate_database(engine: Engine) -> None:
     """Bring the database to the latest Alembic revision; start-up calls this.
 
-    Workers starting together take turns: each first takes a database-wide lock (SQLite:
-    `BEGIN IMMEDIATE`; PostgreSQL: an advisory lock), migrates inside that transaction,
-    and commits; the next finds nothing left to do. A database created by `create_all`
-    before this project had migrations is stamped with the initial revision, data kept.
+    A database created by `create_all` before this project had migrations is stamped with
+    the initial revision, data kept.
     """
     alembic_config = Config(str(ALEMBIC_INI))
-    with engine.connect() as connection:
-        if connection.dialect.name == "sqlite":
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        elif connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    with engine.connect() as connection, migration_transaction(connection):
         alembic_config.attributes["connection"] = connection
         tables = inspect(connection).get_table_names()
         if "user" in tables and "alembic_version" not in tables:
             command.stamp(alembic_config, INITIAL_REVISION)
         command.upgrade(alembic_config, "head")
-        connection.commit()
 
 
 async def get_engine(request: Request) -> Engine:

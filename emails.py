@@ -10,6 +10,7 @@ Patterns shown:
 - Two backends chosen by settings: SMTP through the standard library's `smtplib`
   (STARTTLS, login, timeout), or the log, so a workshop needs no mail server.
 - Start-up marks notifications whose task died with the previous process `failed`.
+- A failure is recorded by its kind only; the mail server's reply goes to the log.
 
 Imports: config, models, database, auth.
 """
@@ -29,11 +30,25 @@ from sqlmodel import Session, select
 
 from auth import create_token
 from config import Settings
-from models import Notification, User, utc_now
+from models import Notification, User, header_safe, utc_now
 
 logger = logging.getLogger(__name__)
 
 INTERRUPTED_ERROR = "Not sent: the server stopped before its background task ran"
+# What a failed notification's `error` says, by exception, first match wins (ssl and smtplib
+# errors are OSErrors too). Never the server's reply: "550 no such user" would let anyone
+# probe which mailboxes exist.
+FAILURE_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (smtplib.SMTPRecipientsRefused, "Recipient refused by the mail server"),
+    (smtplib.SMTPSenderRefused, "Sender refused by the mail server"),
+    (smtplib.SMTPDataError, "Message refused by the mail server"),
+    (smtplib.SMTPAuthenticationError, "Login to the mail server failed"),
+    (ssl.SSLError, "TLS with the mail server failed"),
+    (smtplib.SMTPNotSupportedError, "The mail server does not offer STARTTLS or login"),
+    (smtplib.SMTPServerDisconnected, "Mail server unreachable"),
+    (smtplib.SMTPException, "The mail server answered with an error"),
+    (OSError, "Mail server unreachable"),
+)
 
 
 # Background email runs on threads of its own, at most EMAIL_THREADS at a time, so a slow
@@ -57,6 +72,7 @@ async def in_email_thread(task: Callable[..., None], *args: Any) -> None:
 
 def send_email(settings: Settings, *, to: str, subject: str, body: str) -> None:
     """Send one plain-text message over SMTP, or log it when `SMTP_HOST` is empty."""
+    header_safe(subject)  # again here: whatever stored it, no subject adds a header
     if not settings.SMTP_HOST:
         # Logged as is, not through EmailMessage.as_string(), which folds long lines
         # and would split a reset token.
@@ -100,8 +116,10 @@ def send_notification(engine: Engine, settings: Settings, notification_id: int, 
             send_email(settings, to=notification.email, subject=notification.subject, body=body or notification.message)
             outcome = {"status": "sent", "sent_at": utc_now(), "error": None}
         except Exception as error:  # any failure is the notification's, not the server's
-            logger.warning("Notification %s failed: %s", notification_id, type(error).__name__)
-            outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"[:1000]}
+            # %r: the reply whole, its line breaks escaped, for whoever runs the server.
+            logger.warning("Notification %s failed: %r", notification_id, error)
+            kind = next((text for kind, text in FAILURE_KINDS if isinstance(error, kind)), "Sending failed")
+            outcome = {"status": "failed", "error": kind}
         # A bulk UPDATE, not the ORM: the row may be gone (owner deleted) and that is fine.
         session.exec(update(Notification).where(Notification.id == notification_id).values(**outcome))  # type: ignore[arg-type]
         session.commit()
@@ -118,12 +136,28 @@ def record_welcome(session: Session, user: User, settings: Settings) -> Notifica
     )
 
 
+def record_email_change_notice(session: Session, user: User, old_email: str, settings: Settings) -> Notification:
+    """The notice an email change sends to the old address, recorded for `send_notification`."""
+    return record_notification(
+        session,
+        owner_id=user.id,
+        email=old_email,
+        subject=f"Your {settings.PROJECT_NAME} email address was changed",
+        message=(
+            f"Hi {user.username},\n\nthe email address of your account is no longer this one."
+            " If you did not change it, contact us: someone may have your password.\n"
+        ),
+    )
+
+
 def send_password_reset(engine: Engine, settings: Settings, email: str) -> None:
     """Background task of POST /auth/password-recovery.
 
     The lookup happens here, after the 202 has gone out, so the response takes the same
     time whether or not the account exists. The stored message leaves the token out:
-    whoever can read the notifications must not be able to reset the password.
+    whoever can read the notifications must not be able to reset the password. So does
+    the console backend in production, where whoever reads the logs is not the account's
+    owner (SPEC 6).
     """
     with Session(engine) as session:
         user = session.exec(select(User).where(User.email == email)).first()
@@ -145,7 +179,8 @@ def send_password_reset(engine: Engine, settings: Settings, email: str) -> None:
             message=template.format(token="(the token is in the email only)"),
         )
         notification_id = notification.id
-    send_notification(engine, settings, notification_id, body=template.format(token=token))
+    token_withheld = not settings.SMTP_HOST and settings.ENVIRONMENT == "production"
+    send_notification(engine, settings, notification_id, body=None if token_withheld else template.format(token=token))
 
 
 def fail_interrupted_notifications(engine: Engine, started_at: datetime) -> int:

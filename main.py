@@ -16,6 +16,7 @@ Imports: config, models, database, auth, emails, middleware.
 """
 
 import json
+import reprlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -49,6 +50,7 @@ from database import EngineDep, SessionDep, create_db_engine, migrate_database
 from emails import (
     fail_interrupted_notifications,
     in_email_thread,
+    record_email_change_notice,
     record_notification,
     record_welcome,
     send_notification,
@@ -81,10 +83,12 @@ from models import (
     UsersPublic,
     UserUpdate,
     UserUpdateMe,
+    new_security_stamp,
     utc_now,
 )
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_ECHOED_CHARACTERS = 100
 # Ids and offsets are bounded to the database's 64-bit integers: beyond, the driver
 # overflows (a 500), so such values are a 422 here.
 Skip = Annotated[int, Query(ge=0, le=MAX_DB_INT)]
@@ -92,6 +96,7 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 RowId = Annotated[int, Path(ge=MIN_DB_INT, le=MAX_DB_INT)]
 
 Row = TypeVar("Row", User, Item, Notification)
+ACTIVE_SUPERUSERS = select(User.id).where(User.is_superuser, User.is_active)
 
 
 # --- Helpers: one rule each ----------------------------------------------------------
@@ -116,13 +121,14 @@ def ensure_unique(session: Session, *, email: str | None, username: str | None, 
         raise HTTPException(status_code=400, detail="Username already taken")
 
 
-def save_user(session: Session, user: User) -> None:
-    """Commit `user`; a concurrent request that took the email or username first gets
-    the same 400 as the check before, not a 500 from the unique index."""
+def save_user(session: Session, user: User, *, keep_a_superuser: bool = False) -> None:
+    """Commit `user` (see `commit_keeping_a_superuser`); a concurrent request that took the
+    email or username first gets the same 400 as the check before, not a 500 from the
+    unique index."""
     email, username, user_id = user.email, user.username, user.id
     session.add(user)
     try:
-        session.commit()
+        commit_keeping_a_superuser(session, check=keep_a_superuser)
     except IntegrityError:
         session.rollback()
         ensure_unique(session, email=email, username=username, user_id=user_id)
@@ -130,10 +136,33 @@ def save_user(session: Session, user: User) -> None:
 
 
 def update_user_fields(session: Session, user: User, changes: dict[str, Any]) -> None:
+    """Apply `changes` to `user`, to be saved; 400 for a taken email or username."""
     ensure_unique(session, email=changes.get("email"), username=changes.get("username"), user_id=user.id)
     user.sqlmodel_update(changes)
     user.updated_at = utc_now()
-    save_user(session, user)
+
+
+def lock_superusers(session: Session, user: User) -> bool:
+    """Before a change that may demote, deactivate or delete `user`: True if `user` is an
+    active superuser, and then every active superuser's row stays locked until commit
+    (PostgreSQL: FOR UPDATE), so that two superusers demoting each other take turns."""
+    if not (user.is_superuser and user.is_active):
+        return False
+    session.exec(ACTIVE_SUPERUSERS.order_by(User.id).with_for_update()).all()
+    return True
+
+
+def commit_keeping_a_superuser(session: Session, *, check: bool) -> None:
+    """Commit; with `check`, first a 400 (and nothing changed) if no active superuser would
+    be left, so nobody can lock every administrator out (SPEC 5). Counted after the change
+    is written: SQLite, which ignores FOR UPDATE, lets one writer at a time hold the
+    database from its first write to its commit."""
+    if check:
+        session.flush()
+        if session.exec(ACTIVE_SUPERUSERS).first() is None:
+            session.rollback()
+            raise HTTPException(status_code=400, detail="Cannot remove the last superuser")
+    session.commit()
 
 
 def get_user_or_404(session: Session, user_id: int) -> User:
@@ -218,8 +247,8 @@ def reset_password(body: PasswordReset, session: SessionDep, settings: SettingsD
     if (
         user is None
         or not user.is_active
-        # A compare-and-set on the token's version: the token works once, even when raced.
-        or not set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS, from_version=user.token_version)
+        # A compare-and-set on the token's stamp: the token works once, even when raced.
+        or not set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS, from_stamp=user.security_stamp)
     ):
         raise HTTPException(status_code=400, detail="Invalid or expired token")
     session.commit()
@@ -248,9 +277,26 @@ def read_user_me(user: CurrentUser) -> User:
 
 
 @users_router.patch("/me", response_model=UserPublic, responses=errors(400) | AUTHENTICATED)
-def update_user_me(body: UserUpdateMe, session: SessionDep, user: CurrentUser) -> User:
-    """Change the caller's email, username or full name."""
-    update_user_fields(session, user, body.model_dump(exclude_unset=True))
+def update_user_me(
+    body: UserUpdateMe,
+    session: SessionDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    user: CurrentUser,
+    background_tasks: BackgroundTasks,
+) -> User:
+    """Change the caller's email, username or full name; a new email needs the password."""
+    changes = body.model_dump(exclude_unset=True, exclude={"current_password"})
+    old_email = user.email
+    email_changes = changes.get("email", old_email) != old_email
+    # A stolen token alone must not take the account over by its email (SPEC 5).
+    if email_changes and not verify_password(body.current_password or "", user.hashed_password):
+        raise HTTPException(status_code=400, detail="Incorrect password")
+    update_user_fields(session, user, changes)
+    save_user(session, user)
+    if email_changes:
+        notice = record_email_change_notice(session, user, old_email, settings)
+        background_tasks.add_task(in_email_thread, send_notification, engine, settings, notice.id)
     return user
 
 
@@ -264,11 +310,12 @@ def update_password_me(body: UpdatePassword, session: SessionDep, settings: Sett
     return Message(message="Password updated")
 
 
-@users_router.delete("/me", status_code=204, responses=AUTHENTICATED)
+@users_router.delete("/me", status_code=204, responses=errors(400) | AUTHENTICATED)
 def delete_user_me(session: SessionDep, user: CurrentUser) -> None:
     """Delete the caller's account, with their items and notifications."""
+    was_superuser = lock_superusers(session, user)
     session.delete(user)
-    session.commit()
+    commit_keeping_a_superuser(session, check=was_superuser)
 
 
 @users_router.get("/", response_model=UsersPublic, responses=AUTHENTICATED)
@@ -292,21 +339,26 @@ def read_user(user_id: RowId, session: SessionDep, user: CurrentUser) -> User:
 @users_router.patch("/{user_id}", response_model=UserPublic, responses=errors(400, 404) | AUTHENTICATED)
 def update_user(user_id: RowId, body: UserUpdate, session: SessionDep, settings: SettingsDep, _: SuperUser) -> User:
     """Change any user, including password, active and superuser flags (superusers only)."""
-    user = get_user_or_404(session, user_id)
     changes = body.model_dump(exclude_unset=True)
-    new_password = changes.pop("password", None)
+    if "password" in changes:  # hashed before the first query: no connection waits on bcrypt
+        changes["hashed_password"] = hash_password(changes.pop("password"), settings.BCRYPT_ROUNDS)
+    user = get_user_or_404(session, user_id)
+    was_superuser = lock_superusers(session, user)
+    if "hashed_password" in changes or (user.is_active and changes.get("is_active") is False):
+        # A new password or a deactivation ends every token the user has (SPEC 5).
+        changes["security_stamp"] = new_security_stamp()
     update_user_fields(session, user, changes)
-    if new_password is not None:
-        set_password(session, user, new_password, settings.BCRYPT_ROUNDS)
-        session.commit()
+    save_user(session, user, keep_a_superuser=was_superuser)
     return user
 
 
-@users_router.delete("/{user_id}", status_code=204, responses=errors(404) | AUTHENTICATED)
+@users_router.delete("/{user_id}", status_code=204, responses=errors(400, 404) | AUTHENTICATED)
 def delete_user(user_id: RowId, session: SessionDep, _: SuperUser) -> None:
     """Delete a user with their items and notifications (superusers only)."""
-    session.delete(get_user_or_404(session, user_id))
-    session.commit()
+    user = get_user_or_404(session, user_id)
+    was_superuser = lock_superusers(session, user)
+    session.delete(user)
+    commit_keeping_a_superuser(session, check=was_superuser)
 
 
 @items_router.post("/", response_model=ItemPublic, status_code=201)
@@ -396,10 +448,22 @@ def read_health(session: SessionDep) -> HealthStatus:
 # --- The application -------------------------------------------------------------------
 
 
+def clipped(value: Any) -> Any:
+    """An input value as a 422 echoes it: at most 100 characters (SPEC 5). A long string is
+    cut; a list or object becomes a short preview that reprlib builds without walking it
+    whole, so an invalid 1 MiB body costs the event loop nothing to answer."""
+    if isinstance(value, str):
+        return value[:MAX_ECHOED_CHARACTERS]
+    if value is None or isinstance(value, bool | float) or (isinstance(value, int) and len(str(value)) <= 100):
+        return value
+    return reprlib.repr(value)[:MAX_ECHOED_CHARACTERS]
+
+
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> Response:
-    """FastAPI's 422 body, rendered ASCII-only: the default handler echoes the input and
-    fails with a 500 when it holds a lone surrogate ("\\ud800")."""
-    content = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+    """FastAPI's 422 body with each input clipped, rendered ASCII-only: the default handler
+    echoes the input whole, and fails with a 500 when it holds a lone surrogate ("\\ud800")."""
+    errors = [error | {"input": clipped(error["input"])} if "input" in error else error for error in exc.errors()]
+    content = json.dumps({"detail": jsonable_encoder(errors)}, ensure_ascii=True)
     return Response(content, status_code=422, media_type="application/json")
 
 

@@ -9,6 +9,7 @@ Patterns shown:
 - `BodySizeLimitMiddleware`: 413 before a large body is read whole, with or without
   `Content-Length`.
 - `configure_logging`: stdlib logging to stderr, once, at `LOG_LEVEL`.
+- `printable`: what a request sent is escaped before it is logged, so it cannot forge a line.
 
 Imports: no project module.
 """
@@ -27,7 +28,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped as Python writes them (`\\n`, `\\x1b`): a
+    decoded path such as `/x%0AFAKE` cannot start a log line of its own or color a
+    terminal (SPEC 7)."""
+    return CONTROL_CHARACTERS.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 class AppLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -69,9 +78,8 @@ class RequestLogMiddleware:
             nonlocal logged
             logged = True
             duration_ms = (time.perf_counter() - started) * 1000
-            logger.info(
-                "%s %s %s %.1fms request_id=%s", scope["method"], scope["path"], status_code, duration_ms, request_id
-            )
+            path = printable(scope["path"])
+            logger.info("%s %s %s %.1fms request_id=%s", scope["method"], path, status_code, duration_ms, request_id)
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status_code, response_started
@@ -88,7 +96,8 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_request_id)
         except Exception:
-            logger.exception("Unhandled error in %s %s request_id=%s", scope["method"], scope["path"], request_id)
+            path = printable(scope["path"])
+            logger.exception("Unhandled error in %s %s request_id=%s", scope["method"], path, request_id)
             if response_started:
                 raise
             response = JSONResponse({"detail": "Internal Server Error"}, status_code=500)

@@ -32,13 +32,15 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session as 
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
-from config import Settings
-from conftest import DEFAULT_PASSWORD, MakeSettings, login, signup
+import models
+from auth import hash_password
+from config import Settings, load_settings
+from conftest import DEFAULT_PASSWORD, MakeSettings, login, security_stamp, signup
 from database import create_db_engine
-from emails import INTERRUPTED_ERROR
+from emails import INTERRUPTED_ERROR, send_email
 from livetest import free_port
 from main import create_app
-from models import Notification
+from models import Notification, User
 
 EMAILS_FROM = "team@example.org"
 SMTP_USER = "mailer"
@@ -95,16 +97,49 @@ class RefusingMailbox:
         return "554 5.7.1 Message refused by policy"
 
 
+class UnknownRecipients(Mailbox):
+    """aiosmtpd handler that knows only example.com's ada, as a relay that reveals too much."""
+
+    async def handle_RCPT(  # noqa: N802 (aiosmtpd calls it by this name)
+        self, server: SMTP, session: SMTPSession, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address != "ada@example.com":
+            return "550 5.1.1 <nobody@example.com>: User unknown in relay mx1.internal.example"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
 def check_login(server: SMTP, session: SMTPSession, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
     """aiosmtpd authenticator that knows one account: SMTP_USER / SMTP_PASSWORD."""
     known = LoginPassword(SMTP_USER.encode(), SMTP_PASSWORD.encode())
     return AuthResult(success=isinstance(auth_data, LoginPassword) and auth_data == known)
 
 
+class RawMailbox(Mailbox):
+    """A `Mailbox` that also keeps each message's bytes exactly as the server received them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contents: list[bytes] = []
+
+    async def handle_DATA(  # noqa: N802 (aiosmtpd calls it by this name)
+        self, server: SMTP, session: SMTPSession, envelope: Envelope
+    ) -> str:
+        assert isinstance(envelope.original_content, bytes)
+        self.contents.append(envelope.original_content)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture(name="raw_mailbox")
+def raw_mailbox_fixture() -> RawMailbox:
+    """An empty mailbox for an SMTP server, raw messages kept."""
+    return RawMailbox()
+
+
 @pytest.fixture(name="mailbox")
-def mailbox_fixture() -> Mailbox:
-    """An empty mailbox for an SMTP server."""
-    return Mailbox()
+def mailbox_fixture(raw_mailbox: RawMailbox) -> Mailbox:
+    """An empty mailbox for an SMTP server (the same as `raw_mailbox`)."""
+    return raw_mailbox
 
 
 @pytest.fixture(name="smtp_client")
@@ -336,7 +371,7 @@ def test_notification_to_an_untrusted_starttls_server_fails(
     assert mailbox.deliveries == []
     assert welcome["status"] == "failed"
     assert welcome["sent_at"] is None
-    assert welcome["error"].startswith("SSLCertVerificationError: ")
+    assert welcome["error"] == "TLS with the mail server failed"
 
 
 def test_notification_to_a_server_that_is_down_fails_and_the_api_keeps_answering(
@@ -353,13 +388,16 @@ def test_notification_to_a_server_that_is_down_fails_and_the_api_keeps_answering
         failed = response.json()
         assert failed["status"] == "failed"
         assert failed["sent_at"] is None
-        assert failed["error"].startswith("ConnectionRefusedError: ")
+        assert failed["error"] == "Mail server unreachable"
         assert [n["status"] for n in notifications_of(client, headers)] == ["failed", "failed"]
         assert client.get("/health").status_code == 200
 
 
-def test_notification_refused_by_the_server_fails_with_its_reply(make_settings: MakeSettings) -> None:
-    """A 554 reply to the message marks the notification failed with that reply."""
+def test_notification_refused_by_the_server_names_the_failure_and_logs_the_reply(
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 554 reply to the message marks the notification failed with the kind of failure;
+    the reply itself is only in the log, with the notification id."""
     with smtp_server(RefusingMailbox()) as port, TestClient(create_app(smtp_settings(make_settings, port))) as client:
         signup(client, "ada")
         headers = login(client, "ada")
@@ -368,7 +406,21 @@ def test_notification_refused_by_the_server_fails_with_its_reply(make_settings: 
 
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "failed"
-    assert response.json()["error"] == "SMTPDataError: (554, b'5.7.1 Message refused by policy')"
+    assert response.json()["error"] == "Message refused by the mail server"
+    assert f"Notification {queued['id']} failed: SMTPDataError(554, b'5.7.1 Message refused by policy')" in caplog.text
+
+
+def test_notification_to_an_unknown_recipient_never_shows_the_servers_reply(make_settings: MakeSettings) -> None:
+    """A relay's "550 User unknown" (with its host names) is not shown to the caller, who
+    could otherwise probe which mailboxes exist."""
+    with smtp_server(UnknownRecipients()) as port, TestClient(create_app(smtp_settings(make_settings, port))) as client:
+        signup(client, "ada")
+        headers = login(client, "ada")
+        queued = notify(client, headers, email="nobody@example.com")
+        failed = client.get(f"/api/v1/notifications/{queued['id']}", headers=headers).json()
+
+    assert failed["status"] == "failed"
+    assert failed["error"] == "Recipient refused by the mail server"
 
 
 # --- Console backend --------------------------------------------------------------------
@@ -672,7 +724,8 @@ def test_reset_password_rejects_an_expired_token(client: TestClient, settings: S
     claims = {
         "sub": str(ada["id"]),
         "type": "reset",
-        "ver": 0,
+        "stamp": security_stamp(settings, ada["id"]),
+        "email": ada["email"],
         "iat": issued,
         "exp": issued + timedelta(minutes=settings.RESET_TOKEN_EXPIRE_MINUTES),
     }
@@ -686,7 +739,14 @@ def test_reset_password_rejects_a_token_signed_with_another_key(client: TestClie
     """A well-formed reset token not signed with SECRET_KEY is a 400."""
     ada = signup(client, "ada")
     now = datetime.now(timezone.utc)
-    claims = {"sub": str(ada["id"]), "type": "reset", "ver": 0, "iat": now, "exp": now + timedelta(minutes=5)}
+    claims = {
+        "sub": str(ada["id"]),
+        "type": "reset",
+        "stamp": security_stamp(settings, ada["id"]),
+        "email": ada["email"],
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+    }
     forged = jwt.encode(claims, "another-secret-key-that-is-long-enough-for-hs256", algorithm=settings.ALGORITHM)
 
     assert_reset_refused(client, forged)
@@ -757,3 +817,118 @@ def test_reset_token_used_as_access_token_gets_401(
     assert response.status_code == 401, response.text
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert response.json() == {"detail": "Could not validate credentials"}
+
+
+# --- Mail header injection and the reset token's address ---------------------------------
+
+INJECTED_SUBJECTS = [
+    pytest.param("=?utf-8?q?Invoice=0D=0ABcc:_x@evil.example?=", id="encoded-word-crlf"),
+    pytest.param("=?utf-8?b?SW52b2ljZQ0KUmVwbHktVG86IHhAZXZpbC5leGFtcGxl?=", id="encoded-word-base64"),
+    pytest.param("Invoice=?utf-8?q?=0AFrom:_ceo@example.com?=", id="encoded-word-inside"),
+    *[
+        pytest.param(f"Invoice{separator}Bcc: x@evil.example", id=f"separator-{ord(separator):#x}")
+        for separator in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+    ],
+]
+
+
+def test_line_separators_are_every_one_that_splitlines_knows() -> None:
+    """The subject check refuses exactly what str.splitlines() breaks lines at."""
+    breaking = {chr(code) for code in range(0x110000) if len(f"a{chr(code)}b".splitlines()) > 1}
+    assert breaking == set(models.LINE_SEPARATORS)
+
+
+@pytest.mark.parametrize("subject", INJECTED_SUBJECTS)
+def test_notification_subject_that_could_inject_a_header_gets_422_and_sends_nothing(
+    smtp_client: TestClient, mailbox: Mailbox, subject: str
+) -> None:
+    """A subject with a line separator or an encoded word is refused before anything is
+    recorded: no mail with an extra header ever reaches the server."""
+    signup(smtp_client, "ada")
+    headers = login(smtp_client, "ada")
+    mailbox.deliveries.clear()
+    response = smtp_client.post(
+        "/api/v1/notifications/", headers=headers, json={"email": "bob@example.com", "subject": subject, "message": "m"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "subject"]
+    assert mailbox.deliveries == []
+    assert len(notifications_of(smtp_client, headers)) == 1  # the welcome only
+
+
+@pytest.mark.parametrize("subject", INJECTED_SUBJECTS)
+def test_send_email_refuses_a_subject_that_could_inject_a_header(
+    make_settings: MakeSettings, mailbox: Mailbox, subject: str
+) -> None:
+    """Whatever stored the subject (an older version, a script), sending refuses it: the
+    server receives nothing."""
+    with smtp_server(mailbox) as port, pytest.raises(ValueError, match="must"):
+        send_email(smtp_settings(make_settings, port), to="bob@example.com", subject=subject, body="m")
+    assert mailbox.deliveries == []
+
+
+def test_mail_at_the_smtp_server_carries_only_the_headers_the_app_set(
+    smtp_client: TestClient, raw_mailbox: RawMailbox
+) -> None:
+    """The raw message as the server received it: From, To, Subject and the MIME headers."""
+    signup(smtp_client, "ada")
+    notify(smtp_client, login(smtp_client, "ada"), subject="Invoice 42 paid")
+    *_, raw = raw_mailbox.contents
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    names = [line.split(":", 1)[0] for line in head.split("\r\n") if not line.startswith((" ", "\t"))]
+    assert sorted(names) == ["Content-Transfer-Encoding", "Content-Type", "From", "MIME-Version", "Subject", "To"]
+    assert "Subject: Invoice 42 paid" in head.split("\r\n")
+
+
+def test_reset_token_mailed_before_an_email_change_is_void(
+    client: TestClient, user_headers: dict[str, str], console_log: pytest.LogCaptureFixture
+) -> None:
+    """A reset token works only for the address it was sent to."""
+    token = request_reset_token(client, console_log, "ada@example.com")
+    body = {"email": "ada.new@example.com", "current_password": DEFAULT_PASSWORD}
+    assert client.patch("/api/v1/users/me", headers=user_headers, json=body).status_code == 200
+    assert_reset_refused(client, token)
+    login(client, "ada")
+
+
+def test_reset_token_of_deleted_account_never_resets_another(
+    client: TestClient, user_headers: dict[str, str], console_log: pytest.LogCaptureFixture
+) -> None:
+    """Asked for before the account was deleted, a reset token is useless for any account
+    that comes after, even one given the same id and email."""
+    ada_id = client.get("/api/v1/users/me", headers=user_headers).json()["id"]
+    token = request_reset_token(client, console_log, "ada@example.com")
+    assert client.delete("/api/v1/users/me", headers=user_headers).status_code == 204
+    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+        session.add(
+            User(
+                id=ada_id,
+                email="ada@example.com",
+                username="newada",
+                hashed_password=hash_password(DEFAULT_PASSWORD, 4),
+            )
+        )
+        session.commit()
+    assert_reset_refused(client, token)
+    login(client, "newada")
+
+
+def test_production_without_smtp_host_warns_once_at_start_up(caplog: pytest.LogCaptureFixture) -> None:
+    """One warning naming SMTP_HOST: mail will only be logged."""
+    caplog.set_level(logging.WARNING, logger="config")
+    load_settings({"ENVIRONMENT": "production", "SECRET_KEY": "k" * 32})
+    [warning] = [record.getMessage() for record in caplog.records if record.name == "config"]
+    assert "SMTP_HOST" in warning
+
+
+def test_production_console_backend_withholds_the_reset_token(
+    make_settings: MakeSettings, console_log: pytest.LogCaptureFixture
+) -> None:
+    """In production the console backend logs the reset mail without its token."""
+    with TestClient(create_app(make_settings(ENVIRONMENT="production"))) as client:
+        signup(client, "ada")
+        console_log.clear()
+        client.post("/api/v1/auth/password-recovery", json={"email": "ada@example.com"})
+    [record] = [r for r in console_log.records if r.name == "emails"]
+    assert "(the token is in the email only)" in record.getMessage()
+    assert TOKEN_LINE.search(record.getMessage()) is None

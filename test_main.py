@@ -12,11 +12,20 @@ import jwt
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, select, update
 
 import auth
 from config import Settings
-from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, MakeSettings, login, signup
+from conftest import (
+    DEFAULT_PASSWORD,
+    SUPERUSER_EMAIL,
+    SUPERUSER_PASSWORD,
+    MakeSettings,
+    login,
+    run_at_once,
+    security_stamp,
+    signup,
+)
 from database import create_db_engine
 from main import create_app
 from models import Notification, User
@@ -31,7 +40,8 @@ BAD_TOKEN = {"detail": "Could not validate credentials"}
 def make_token(settings: Settings, **claims: Any) -> str:
     """A token signed with the app's key, with `claims` over sensible defaults."""
     now = datetime.now(timezone.utc)
-    payload = {"sub": "1", "type": "access", "ver": 0, "iat": now, "exp": now + timedelta(minutes=5)} | claims
+    stamp = security_stamp(settings, 1)
+    payload = {"sub": "1", "type": "access", "stamp": stamp, "iat": now, "exp": now + timedelta(minutes=5)} | claims
     return jwt.encode({k: v for k, v in payload.items() if v is not None}, settings.SECRET_KEY, algorithm="HS256")
 
 
@@ -82,10 +92,10 @@ def test_openapi_operation_ids_are_tag_and_function_name(client: TestClient) -> 
 
 
 def test_openapi_never_shows_the_password_hash(client: TestClient) -> None:
-    """No schema of the API mentions hashed_password or token_version."""
+    """No schema of the API mentions hashed_password or security_stamp."""
     text = client.get(f"{API}/openapi.json").text
     assert "hashed_password" not in text
-    assert "token_version" not in text
+    assert "security_stamp" not in text
 
 
 def test_openapi_documents_every_user_email_as_an_email(client: TestClient) -> None:
@@ -367,11 +377,16 @@ def test_me_without_token_gets_401_with_bearer_challenge(client: TestClient) -> 
         pytest.param(lambda s: make_token(s, exp=datetime.now(timezone.utc) - timedelta(seconds=1)), id="expired"),
         pytest.param(lambda s: make_token(s)[:-2] + "xx", id="tampered"),
         pytest.param(
-            lambda s: jwt.encode({"sub": "1", "type": "access", "ver": 0}, key="", algorithm="none"), id="alg-none"
+            lambda s: jwt.encode(
+                {"sub": "1", "type": "access", "stamp": security_stamp(s, 1)}, key="", algorithm="none"
+            ),
+            id="alg-none",
         ),
         pytest.param(
             lambda s: jwt.encode(
-                {"sub": "1", "type": "access", "ver": 0, "exp": 9999999999, "iat": 1}, s.SECRET_KEY, algorithm="HS512"
+                {"sub": "1", "type": "access", "stamp": security_stamp(s, 1), "exp": 9999999999, "iat": 1},
+                s.SECRET_KEY,
+                algorithm="HS512",
             ),
             id="other-algorithm",
         ),
@@ -381,10 +396,10 @@ def test_me_without_token_gets_401_with_bearer_challenge(client: TestClient) -> 
         pytest.param(lambda s: make_token(s, sub=None), id="no-sub"),
         pytest.param(lambda s: make_token(s, sub="abc"), id="sub-not-an-id"),
         pytest.param(lambda s: make_token(s, sub=str(2**70)), id="sub-beyond-64-bits"),
-        pytest.param(lambda s: make_token(s, ver=1), id="revoked-version"),
+        pytest.param(lambda s: make_token(s, stamp="0" * 32), id="revoked-stamp"),
         pytest.param(
             lambda s: jwt.encode(
-                {"sub": "1", "type": "access", "ver": 0, "exp": 9999999999, "iat": 1},
+                {"sub": "1", "type": "access", "stamp": security_stamp(s, 1), "exp": 9999999999, "iat": 1},
                 "another key long enough for hs256!",
                 algorithm="HS256",
             ),
@@ -417,14 +432,59 @@ def test_token_of_deleted_user_gets_401(client: TestClient, user_headers: dict[s
     assert response.json() == BAD_TOKEN
 
 
-def test_token_of_deactivated_user_gets_403(client: TestClient, superuser_headers: dict[str, str]) -> None:
-    """A token of a user deactivated since it was issued gets 403 Inactive user."""
+def test_deactivation_ends_every_token_for_good(client: TestClient, superuser_headers: dict[str, str]) -> None:
+    """A token of a user deactivated since it was issued gets 401, and reactivating the
+    user brings none back: they log in again."""
     user = signup(client, "ada")
     headers = login(client, "ada")
     client.patch(f"{API}/users/{user['id']}", headers=superuser_headers, json={"is_active": False})
+    assert client.get(f"{API}/users/me", headers=headers).json() == BAD_TOKEN
+    client.patch(f"{API}/users/{user['id']}", headers=superuser_headers, json={"is_active": True})
     response = client.get(f"{API}/users/me", headers=headers)
-    assert response.status_code == 403, response.text
-    assert response.json() == {"detail": "Inactive user"}
+    assert response.status_code == 401, response.text
+    assert response.json() == BAD_TOKEN
+    assert client.get(f"{API}/users/me", headers=login(client, "ada")).status_code == 200
+
+
+def test_token_of_deleted_account_does_not_open_the_next_signup(client: TestClient) -> None:
+    """Ids are never reused: the next account gets a new id, and the old token gets 401."""
+    ada = signup(client, "ada")
+    headers = login(client, "ada")
+    assert client.delete(f"{API}/users/me", headers=headers).status_code == 204
+    mallory = signup(client, "mallory")
+    assert mallory["id"] > ada["id"]
+    response = client.get(f"{API}/users/me", headers=headers)
+    assert response.status_code == 401, response.text
+    assert response.json() == BAD_TOKEN
+
+
+def test_token_of_deleted_account_is_refused_even_if_the_database_reuses_its_id(client: TestClient) -> None:
+    """Tokens are bound to the account, not only to its id: a new row given the old id
+    (as some databases would) is not opened by the old account's token."""
+    ada = signup(client, "ada")
+    headers = login(client, "ada")
+    assert client.delete(f"{API}/users/me", headers=headers).status_code == 204
+    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+        session.add(User(id=ada["id"], email="eve@example.com", username="eve", hashed_password="x"))
+        session.commit()
+    for method, path in [("GET", "/users/me"), ("POST", "/items/")]:
+        response = client.request(method, f"{API}{path}", headers=headers, json={"title": "as eve"})
+        assert response.status_code == 401, response.text
+        assert response.json() == BAD_TOKEN
+
+
+@pytest.mark.parametrize("path", ["items", "notifications"])
+def test_ids_of_deleted_rows_are_never_reused(client: TestClient, user_headers: dict[str, str], path: str) -> None:
+    """Deleting the newest item (or notification, with its owner) never frees its id."""
+    body = {"title": "first"} if path == "items" else {"email": "bob@example.com", "subject": "s", "message": "m"}
+    first = client.post(f"{API}/{path}/", headers=user_headers, json=body).json()
+    if path == "items":
+        client.delete(f"{API}/items/{first['id']}", headers=user_headers)
+    else:
+        client.delete(f"{API}/users/me", headers=user_headers)
+        user_headers = signup(client, "bob") and login(client, "bob")
+    second = client.post(f"{API}/{path}/", headers=user_headers, json=body).json()
+    assert second["id"] > first["id"]
 
 
 # --- /users/me -------------------------------------------------------------------------
@@ -442,7 +502,9 @@ def test_update_me_changes_only_what_is_sent(client: TestClient, user_headers: d
     """PATCH /users/me updates the given fields, lower-cases email, bumps updated_at."""
     before = client.get(f"{API}/users/me", headers=user_headers).json()
     response = client.patch(
-        f"{API}/users/me", headers=user_headers, json={"full_name": "Ada L", "email": "NEW@Example.com"}
+        f"{API}/users/me",
+        headers=user_headers,
+        json={"full_name": "Ada L", "email": "NEW@Example.com", "current_password": DEFAULT_PASSWORD},
     )
     assert response.status_code == 200, response.text
     after = response.json()
@@ -483,7 +545,7 @@ def test_update_me_explicit_null_for_required_field_gets_422(
 @pytest.mark.parametrize(
     ("changes", "detail"),
     [
-        ({"email": "BOB@example.com"}, "Email already registered"),
+        ({"email": "BOB@example.com", "current_password": DEFAULT_PASSWORD}, "Email already registered"),
         ({"username": "Bob"}, "Username already taken"),
     ],
 )
@@ -672,12 +734,13 @@ def test_update_user_as_superuser(client: TestClient, superuser_headers: dict[st
 
 
 def test_password_change_from_a_stale_read_still_applies(client: TestClient, settings: Settings) -> None:
-    """Only a reset token compares versions: a password set after another change, from a
+    """Only a reset token compares stamps: a password set after another change, from a
     user row read before it, is stored rather than silently dropped."""
     signup(client, "ada")
     engine = client.app.state.engine  # type: ignore[attr-defined]
     with Session(engine, expire_on_commit=False) as stale, Session(engine) as other:
         user = stale.exec(select(User).where(User.username == "ada")).one()
+        used_stamp = user.security_stamp  # what a reset token issued now carries
         stale.commit()
         fresh = other.get(User, user.id)
         assert fresh is not None
@@ -685,10 +748,7 @@ def test_password_change_from_a_stale_read_still_applies(client: TestClient, set
         other.commit()
         assert auth.set_password(stale, user, "the later change", settings.BCRYPT_ROUNDS)
         stale.commit()
-        used_version = user.token_version
-        assert not auth.set_password(
-            stale, user, "with a used token", settings.BCRYPT_ROUNDS, from_version=used_version
-        )
+        assert not auth.set_password(stale, user, "with a used token", settings.BCRYPT_ROUNDS, from_stamp=used_stamp)
         stale.commit()
     login(client, "ada", "the later change")
 
@@ -961,3 +1021,156 @@ def test_delete_item_removes_it(client: TestClient, user_headers: dict[str, str]
 def test_item_id_out_of_range_gets_422(client: TestClient, user_headers: dict[str, str], bad_id: str) -> None:
     """Item ids beyond 64 bits never reach the database."""
     assert client.get(f"{API}/items/{bad_id}", headers=user_headers).status_code == 422
+
+
+# --- Email changes, administrators, timing ----------------------------------------------
+
+
+@pytest.mark.parametrize("password", [None, "wrong password"])
+def test_update_me_email_without_the_right_current_password_gets_400(
+    client: TestClient, user_headers: dict[str, str], password: str | None
+) -> None:
+    """A stolen token alone cannot move the account to another address."""
+    body = {"email": "mallory@example.com"} | ({"current_password": password} if password else {})
+    response = client.patch(f"{API}/users/me", headers=user_headers, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": "Incorrect password"}
+    assert client.get(f"{API}/users/me", headers=user_headers).json()["email"] == "ada@example.com"
+
+
+def test_update_me_other_fields_need_no_password(client: TestClient, user_headers: dict[str, str]) -> None:
+    """Only an email change asks for the password."""
+    response = client.patch(f"{API}/users/me", headers=user_headers, json={"username": "ada2", "full_name": "A"})
+    assert response.status_code == 200, response.text
+
+
+def test_update_me_email_notifies_the_old_address(client: TestClient, user_headers: dict[str, str]) -> None:
+    """The old address hears of the change, through a notification of the account's."""
+    body = {"email": "ada.new@example.com", "current_password": DEFAULT_PASSWORD}
+    assert client.patch(f"{API}/users/me", headers=user_headers, json=body).status_code == 200
+    notifications = client.get(f"{API}/notifications/", headers=user_headers).json()["data"]
+    notice = notifications[-1]
+    assert notice["email"] == "ada@example.com"
+    assert notice["subject"] == "Your FastAPI Reference API email address was changed"
+    assert notice["status"] == "sent"
+
+
+def promote(client: TestClient, superuser_headers: dict[str, str], username: str) -> tuple[int, dict[str, str]]:
+    """Sign `username` up as a second superuser; their id and headers."""
+    user = signup(client, username)
+    response = client.patch(f"{API}/users/{user['id']}", headers=superuser_headers, json={"is_superuser": True})
+    assert response.status_code == 200, response.text
+    return user["id"], login(client, username)
+
+
+LAST_SUPERUSER = {"detail": "Cannot remove the last superuser"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PATCH", "/users/1", {"is_superuser": False}),
+        ("PATCH", "/users/1", {"is_active": False}),
+        ("DELETE", "/users/1", None),
+        ("DELETE", "/users/me", None),
+    ],
+)
+def test_last_superuser_cannot_be_removed(
+    client: TestClient, superuser_headers: dict[str, str], method: str, path: str, body: dict[str, bool] | None
+) -> None:
+    """The only active superuser cannot demote, deactivate or delete themselves: 400, and
+    nothing changes."""
+    response = client.request(method, f"{API}{path}", headers=superuser_headers, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json() == LAST_SUPERUSER
+    me = client.get(f"{API}/users/me", headers=superuser_headers).json()
+    assert me["is_superuser"] is True and me["is_active"] is True
+
+
+def test_last_active_superuser_cannot_be_removed_by_another_superuser_who_is_inactive(
+    client: TestClient, superuser_headers: dict[str, str]
+) -> None:
+    """An inactive superuser does not count: the active one stays."""
+    other_id, other_headers = promote(client, superuser_headers, "bob")
+    response = client.patch(f"{API}/users/1", headers=other_headers, json={"is_superuser": False})
+    assert response.status_code == 200, response.text
+    response = client.patch(f"{API}/users/{other_id}", headers=other_headers, json={"is_active": False})
+    assert response.status_code == 400, response.text
+    assert response.json() == LAST_SUPERUSER
+
+
+def test_a_superuser_can_be_removed_while_another_remains(
+    client: TestClient, superuser_headers: dict[str, str]
+) -> None:
+    """With two superusers, one may step down and the other may delete them."""
+    other_id, other_headers = promote(client, superuser_headers, "bob")
+    response = client.patch(f"{API}/users/{other_id}", headers=other_headers, json={"is_superuser": False})
+    assert response.status_code == 200, response.text
+    promote(client, superuser_headers, "carol")
+    assert client.delete(f"{API}/users/me", headers=superuser_headers).status_code == 204
+
+
+def test_superusers_demoting_each_other_at_once_leave_one(
+    client: TestClient, superuser_headers: dict[str, str]
+) -> None:
+    """Two superusers each demoting the other at the same moment: the database lets one
+    through; the other gets 400, or 403 when its caller was demoted first; one remains."""
+    other_id, other_headers = promote(client, superuser_headers, "bob")
+    responses = run_at_once(
+        [
+            lambda: client.patch(f"{API}/users/{other_id}", headers=superuser_headers, json={"is_superuser": False}),
+            lambda: client.patch(f"{API}/users/1", headers=other_headers, json={"is_superuser": False}),
+        ]
+    )
+    assert sorted(response.status_code for response in responses) in ([200, 400], [200, 403])
+    listing = client.get(f"{API}/users/", headers=superuser_headers)
+    if listing.status_code == 403:
+        listing = client.get(f"{API}/users/", headers=other_headers)
+    assert [user["is_superuser"] for user in listing.json()["data"]] in ([True, False], [False, True])
+
+
+def test_login_with_a_hash_of_lower_cost_spends_a_check_at_bcrypt_rounds(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong password for an account still hashed at a lower cost costs as much as any
+    other login: a check at BCRYPT_ROUNDS follows the cheap one."""
+    with TestClient(create_app(make_settings(BCRYPT_ROUNDS="4"))) as client:
+        signup(client, "ada")
+    checked_costs: list[bytes] = []
+    checkpw = bcrypt.checkpw
+
+    def counting_checkpw(password: bytes, hashed_password: bytes) -> bool:
+        checked_costs.append(hashed_password[:7])
+        return checkpw(password, hashed_password)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting_checkpw)
+    with TestClient(create_app(make_settings(BCRYPT_ROUNDS="5"))) as client:
+        response = client.post(f"{API}/auth/login", data={"username": "ada", "password": "wrong password"})
+    assert response.status_code == 401, response.text
+    assert checked_costs == [b"$2b$04$", b"$2b$05$"]
+
+
+def test_login_rehash_never_overwrites_a_password_changed_meanwhile(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-hash after a cost change replaces only the hash it verified: a password
+    reset landing between the check and the re-hash is kept (compare-and-set)."""
+    with TestClient(create_app(make_settings(BCRYPT_ROUNDS="4"))) as client:
+        signup(client, "ada")
+    settings = make_settings(BCRYPT_ROUNDS="5")
+    changed_hash = auth.hash_password("changed meanwhile", 4)
+    hashpw = bcrypt.hashpw
+
+    def password_changed_during_rehash(password: bytes, salt: bytes) -> bytes:
+        with Session(create_db_engine(settings.DATABASE_URL)) as other:
+            other.exec(update(User).where(User.username == "ada").values(hashed_password=changed_hash))  # type: ignore[arg-type]
+            other.commit()
+        return hashpw(password, salt)
+
+    with TestClient(create_app(settings)) as client:
+        monkeypatch.setattr(bcrypt, "hashpw", password_changed_during_rehash)
+        login(client, "ada")
+        monkeypatch.setattr(bcrypt, "hashpw", hashpw)
+        login(client, "ada", "changed meanwhile")
+        response = client.post(f"{API}/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD})
+        assert response.status_code == 401, response.text

@@ -5,6 +5,7 @@ Each test gets the empty database of conftest.py's `database_url` fixture.
 
 import warnings
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from functools import partial
 
 import pytest
@@ -14,16 +15,36 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, col, func, select
 
 from auth import hash_password
 from config import Settings
 from conftest import login, run_at_once
-from database import ALEMBIC_INI, create_db_engine, migrate_database
+from database import ALEMBIC_INI, create_db_engine, migrate_database, migration_transaction
 from main import create_app
-from models import Item, User
+from models import Item, Notification, User
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def insert_0001_user(connection: Connection, user_id: int, hashed_password: str) -> None:
+    """A user row as revision 0001 stored it (with `token_version`); the database picks the
+    id, so on a fresh database the users are 1, 2, ... in order."""
+    connection.execute(
+        text(
+            'INSERT INTO "user" (email, username, hashed_password, is_active, is_superuser,'
+            " token_version, created_at, updated_at)"
+            " VALUES (:email, :username, :hashed_password, true, false, 0, :now, :now)"
+        ),
+        {
+            "email": f"user{user_id}@example.com",
+            "username": f"user{user_id}",
+            "hashed_password": hashed_password,
+            "now": NOW,
+        },
+    )
 
 
 @pytest.fixture(name="engine")
@@ -35,9 +56,9 @@ def engine_fixture(settings: Settings) -> Iterator[Engine]:
 
 
 def alembic_command(engine: Engine, name: str, revision: str) -> None:
-    """Run `alembic <name> <revision>` on `engine`, as the CLI would."""
+    """Run `alembic <name> <revision>` on `engine`, as the CLI would (alembic/env.py)."""
     config = Config(str(ALEMBIC_INI))
-    with engine.begin() as connection:
+    with engine.connect() as connection, migration_transaction(connection):
         config.attributes["connection"] = connection
         getattr(command, name)(config, revision)
 
@@ -67,6 +88,7 @@ def test_every_revision_downgrades_and_upgrades_again(engine: Engine) -> None:
         assert down_revision is None or isinstance(down_revision, str), "no merge revisions yet"
         alembic_command(engine, "downgrade", down_revision or "base")
         alembic_command(engine, "upgrade", script.revision)
+    alembic_command(engine, "upgrade", "head")
     assert schema_differences(engine) == []
 
 
@@ -89,16 +111,18 @@ def test_migrated_database_refuses_usernames_differing_only_in_case(engine: Engi
 
 
 def test_database_from_create_all_is_adopted_with_its_data(settings: Settings, engine: Engine) -> None:
-    """A database made by the pre-migration `create_all` keeps its rows at start-up."""
-    SQLModel.metadata.create_all(engine)
-    with Session(engine) as session:
-        user = User(email="old@example.com", username="old", hashed_password=hash_password("old password", 4))
-        session.add(user)
-        session.commit()
-        session.add(Item(title="kept", owner_id=user.id))
-        session.commit()
+    """A database made by the pre-migration `create_all` (the schema of revision 0001,
+    without Alembic's version table) keeps its rows at start-up."""
+    alembic_command(engine, "upgrade", "0001")
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE alembic_version"))
+        insert_0001_user(connection, 1, hashed_password=hash_password("old password", 4))
+        connection.execute(
+            text("INSERT INTO item (title, owner_id, created_at, updated_at) VALUES ('kept', 1, :now, :now)"),
+            {"now": NOW},
+        )
     with TestClient(create_app(settings)) as client:
-        items = client.get("/api/v1/items/", headers=login(client, "old", "old password")).json()
+        items = client.get("/api/v1/items/", headers=login(client, "user1", "old password")).json()
     assert [item["title"] for item in items["data"]] == ["kept"]
     with engine.connect() as connection:
         assert (
@@ -114,3 +138,39 @@ def test_workers_migrating_at_once_neither_crash_nor_repeat(settings: Settings) 
     assert schema_differences(engines[0]) == []
     for engine in engines:
         engine.dispose()
+
+
+def test_upgrade_to_never_reused_ids_keeps_every_row_and_gives_each_user_a_stamp(engine: Engine) -> None:
+    """0001 -> 0002 rebuilds the SQLite tables with AUTOINCREMENT: users, items and
+    notifications are all kept (no cascade fires), each user gets a stamp of its own, and a
+    deleted row's id is not handed out again."""
+    alembic_command(engine, "upgrade", "0001")
+    with engine.begin() as connection:
+        for user_id in (1, 2):
+            insert_0001_user(connection, user_id, hashed_password="x")
+            connection.execute(
+                text("INSERT INTO item (title, owner_id, created_at, updated_at) VALUES ('t', :id, :now, :now)"),
+                {"id": user_id, "now": NOW},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO notification (owner_id, email, subject, message, status, created_at)"
+                    " VALUES (:id, 'a@example.com', 's', 'm', 'sent', :now)"
+                ),
+                {"id": user_id, "now": NOW},
+            )
+
+    migrate_database(engine)
+
+    with Session(engine) as session:
+        users = session.exec(select(User).order_by(col(User.id))).all()
+        assert [user.id for user in users] == [1, 2]
+        assert len({user.security_stamp for user in users}) == 2
+        assert session.exec(select(func.count()).select_from(Item)).one() == 2
+        assert session.exec(select(func.count()).select_from(Notification)).one() == 2
+        session.delete(users[1])
+        session.commit()
+        newcomer = User(email="new@example.com", username="newcomer", hashed_password="x")
+        session.add(newcomer)
+        session.commit()
+        assert newcomer.id == 3

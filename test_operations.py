@@ -174,6 +174,29 @@ def test_request_log_uses_the_generated_id(client: TestClient, caplog: pytest.Lo
     assert re.fullmatch(rf"POST /api/v1/users/ 422 \d+\.\dms request_id={request_id}", line.getMessage())
 
 
+def test_request_log_escapes_control_characters_in_the_path(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A decoded %0A or an ANSI escape in the path cannot start a forged line or color a
+    terminal: the logged path shows them escaped."""
+    client.get("/x%0A2026-12-04 INFO main: FAKE%1B[31m%E2%80%A8", headers={"X-Request-ID": "forge-1"})
+    [line] = request_lines(caplog, "forge-1")
+    assert line.getMessage().startswith("GET /x\\n2026-12-04 INFO main: FAKE\\x1b[31m\\u2028 404 ")
+    assert "\n" not in line.getMessage() and "\x1b" not in line.getMessage()
+
+
+def test_422_echoes_at_most_100_characters_of_any_input(client: TestClient, user_headers: dict[str, str]) -> None:
+    """A long string is cut to 100 characters; a large list becomes a short preview."""
+    long_title = client.post("/api/v1/items/", headers=user_headers, json={"title": "x" * 5000})
+    assert long_title.status_code == 422, long_title.text
+    assert long_title.json()["detail"][0]["input"] == "x" * 100
+    big_list = client.post("/api/v1/items/", headers=user_headers, json=list(range(100_000)))
+    assert big_list.status_code == 422, big_list.text
+    [error] = big_list.json()["detail"]
+    assert error["loc"] == ["body"]
+    assert error["input"].startswith("[0, 1, 2,") and len(error["input"]) <= 100
+
+
 def test_env_example_documents_every_setting_with_its_default() -> None:
     """`.env.example` names every setting, and its values are exactly the defaults (SPEC 2)."""
     documented = dotenv_values(Path(__file__).with_name(".env.example"))

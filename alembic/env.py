@@ -18,7 +18,7 @@ from sqlmodel import SQLModel
 
 import models
 from config import settings
-from database import create_db_engine
+from database import create_db_engine, migration_transaction
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
@@ -47,5 +47,5 @@ if context.is_offline_mode():
 elif (app_connection := context.config.attributes.get("connection")) is not None:
     run_migrations(app_connection)
 else:
-    with create_db_engine(settings.DATABASE_URL).connect() as cli_connection:
+    with create_db_engine(settings.DATABASE_URL).connect() as cli_connection, migration_transaction(cli_connection):
         run_migrations(cli_connection)
