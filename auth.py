@@ -8,6 +8,7 @@ Patterns shown:
   random `security_stamp`: a token names one account, never the next owner of its id, and
   a new stamp (password change, deactivation) revokes every earlier token, on every worker.
 - One factory for every 401, with `WWW-Authenticate: Bearer`.
+- `BCRYPT_SLOT`: FastAPI's `max_concurrency` bounds the routes that run bcrypt.
 - `Annotated` dependency aliases under their providers: `TokenDep`, `CurrentUser`, `SuperUser`.
 
 Imports: config, models, database.
@@ -15,6 +16,8 @@ Imports: config, models, database.
 
 import functools
 import logging
+import os
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal
 
@@ -67,8 +70,6 @@ def authenticate(session: Session, *, login: str, password: str, rounds: int) ->
     else:
         statement = select(User).where(func.lower(User.username) == login.lower())
     user: User | None = None if "\x00" in login else session.exec(statement).first()
-    # Free the connection before bcrypt's quarter second (the objects stay loaded).
-    session.commit()
     if user is None:
         # Spend the same bcrypt time as for a real user: timing must not reveal accounts.
         verify_password(password, _dummy_hash(rounds))
@@ -114,26 +115,33 @@ def set_password(
 
 
 def create_first_superuser(engine: Engine, settings: Settings) -> None:
-    """Create `FIRST_SUPERUSER_EMAIL` once; when workers race, the unique index picks one."""
+    """Create `FIRST_SUPERUSER_EMAIL` once; when workers race, the unique index picks one.
+    A user who signed up with that email or username first blocks it: say which, loudly."""
     email, password = settings.FIRST_SUPERUSER_EMAIL, settings.FIRST_SUPERUSER_PASSWORD
     if not email or not password:
         return
     with Session(engine) as session:
-        if session.exec(select(User.id).where(User.email == email)).first() is not None:
-            return
-        user = User(
-            email=email,
-            username=settings.FIRST_SUPERUSER_USERNAME,
-            hashed_password=hash_password(password, settings.BCRYPT_ROUNDS),
-            is_superuser=True,
-        )
-        session.add(user)
-        try:
-            session.commit()
-        except IntegrityError:
-            logger.info("First superuser not created: its email or username is already taken")
-            return
-        logger.info("Created the first superuser (id %s)", user.id)
+        if session.exec(select(User.id).where(User.email == email)).first() is None:
+            hashed_password = hash_password(password, settings.BCRYPT_ROUNDS)
+            session.add(
+                User(
+                    email=email,
+                    username=settings.FIRST_SUPERUSER_USERNAME,
+                    hashed_password=hashed_password,
+                    is_superuser=True,
+                )
+            )
+            try:
+                session.commit()
+                logger.info("Created the first superuser %s", settings.FIRST_SUPERUSER_USERNAME)
+                return
+            except IntegrityError:
+                session.rollback()
+        holder = session.exec(select(User).where(User.email == email)).first()
+        if holder is not None and holder.is_superuser:
+            return  # created at an earlier start, or by a worker starting at the same time
+        taken = "FIRST_SUPERUSER_EMAIL" if holder is not None else "FIRST_SUPERUSER_USERNAME"
+        logger.warning("First superuser not created: another user already has its %s", taken)
 
 
 # --- Tokens -------------------------------------------------------------------------
@@ -182,6 +190,24 @@ def user_from_token(session: Session, token: str, *, token_type: TokenType, sett
 # --- Dependencies -------------------------------------------------------------------
 
 
+# bcrypt is the costliest thing the API does (a quarter second of CPU at cost 12). Routes
+# that hash or check a password first wait for one of these slots, on the event loop: the
+# waiting holds no worker thread and no database session, and bcrypt never takes more than
+# half the cores. So a burst of logins (a workshop at 9:00, a guessing script) queues behind
+# itself while every other request keeps the threads, sessions and CPU it needs (SPEC 5).
+BCRYPT_CONCURRENCY = max(1, (os.cpu_count() or 1) // 2)
+
+
+async def bcrypt_slot() -> AsyncIterator[None]:
+    """Held for the whole of a route that runs bcrypt; see BCRYPT_CONCURRENCY."""
+    yield
+
+
+# One shared object, so every route shares the limit; in a route's `dependencies=[...]`, it
+# is taken before the route's own parameters (its session among them).
+BCRYPT_SLOT = Depends(bcrypt_slot, scope="function", max_concurrency=BCRYPT_CONCURRENCY)
+
+
 def credentials_error(detail: str = "Could not validate credentials") -> HTTPException:
     """Every 401 of the API: RFC 6750 asks for the `WWW-Authenticate` header."""
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
@@ -198,9 +224,6 @@ def get_current_user(session: SessionDep, settings: SettingsDep, token: TokenDep
         raise credentials_error()
     if not user.is_active:
         raise HTTPException(status_code=403, detail="Inactive user")
-    # Hand the connection back now: a request waiting for a worker thread for its
-    # endpoint must not hold one, or enough such requests stall every thread on the pool.
-    session.commit()
     return user
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Annotated, Literal, cast
 
 from dotenv import load_dotenv
+from email_validator import EmailNotValidError, validate_email
 from fastapi import Depends, Request
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -37,11 +38,6 @@ DEV_SECRET_KEY_FILE = Path(".secret_key")
 MIN_PRODUCTION_SECRET_LENGTH = 32
 ALLOWED_ALGORITHMS = ("HS256", "HS384", "HS512")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
-# One worker thread per core, not anyio's 40: database work is CPU-bound in this process and
-# more threads mostly take turns at the GIL (bench/ on 2 cores, GET /users/me against the
-# naive version: 1.36x with 2 threads, 1.27x with 4, about 1.2x with 40; on a local
-# PostgreSQL, 1.15x with 2 and 0.84x with 8).
-DEFAULT_THREADPOOL_SIZE = os.cpu_count() or 1
 
 
 class SettingsError(ValueError):
@@ -72,7 +68,6 @@ class Settings:
     SMTP_TIMEOUT_SECONDS: int = 10
     EMAILS_FROM: str = "noreply@example.com"
     LOG_LEVEL: str = "INFO"
-    THREADPOOL_SIZE: int = DEFAULT_THREADPOOL_SIZE
 
 
 def _integer(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -129,6 +124,16 @@ def _cors_origins(environ: Mapping[str, str]) -> tuple[str, ...]:
         if origin and origin != "*" and not origin.startswith(("http://", "https://")):
             raise SettingsError(f"BACKEND_CORS_ORIGINS must list http(s) origins, got {origin!r}")
     return tuple(o for o in origins if o)
+
+
+def _superuser_email(environ: Mapping[str, str]) -> str:
+    value = environ.get("FIRST_SUPERUSER_EMAIL", "").strip().lower()
+    if value:
+        try:
+            validate_email(value, check_deliverability=False)  # what sign-up's EmailStr checks
+        except EmailNotValidError:
+            raise SettingsError(f"FIRST_SUPERUSER_EMAIL must be an email address, got {value!r}") from None
+    return value
 
 
 def _superuser_username(environ: Mapping[str, str]) -> str:
@@ -204,7 +209,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             environ, "RESET_TOKEN_EXPIRE_MINUTES", Settings.RESET_TOKEN_EXPIRE_MINUTES, 1, 10_080
         ),
         BACKEND_CORS_ORIGINS=_cors_origins(environ),
-        FIRST_SUPERUSER_EMAIL=environ.get("FIRST_SUPERUSER_EMAIL", "").strip().lower(),
+        FIRST_SUPERUSER_EMAIL=_superuser_email(environ),
         FIRST_SUPERUSER_USERNAME=_superuser_username(environ),
         FIRST_SUPERUSER_PASSWORD=superuser_password,
         BCRYPT_ROUNDS=_integer(environ, "BCRYPT_ROUNDS", Settings.BCRYPT_ROUNDS, 4, 31),
@@ -218,7 +223,6 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         LOG_LEVEL=_choice(
             {"LOG_LEVEL": environ.get("LOG_LEVEL", "").upper()}, "LOG_LEVEL", Settings.LOG_LEVEL, LOG_LEVELS
         ),
-        THREADPOOL_SIZE=_integer(environ, "THREADPOOL_SIZE", Settings.THREADPOOL_SIZE, 1, 1000),
         # Last: its warning or key file only once every other value is known to be good.
         SECRET_KEY=_secret_key(environ, environment),
     )

@@ -13,14 +13,13 @@ Imports: config (through alembic/env.py, which also imports models).
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, cast
 
 from alembic import command
 from alembic.config import Config
-from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, Request
 from sqlalchemy import Connection, Engine, event, inspect, text
 from sqlmodel import Session, create_engine
@@ -121,45 +120,29 @@ def migrate_database(engine: Engine) -> None:
 
 
 async def get_engine(request: Request) -> Engine:
-    """The engine of the app serving this request (`async`: no I/O, no threadpool trip)."""
+    """The engine of the app serving this request, for background tasks (see main.py on
+    `async def`: this one only reads memory)."""
     return cast(Engine, request.app.state.engine)
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-async def get_session(engine: EngineDep) -> AsyncIterator[Session]:
-    """One session per request, closed when the response is ready.
+def get_session(engine: EngineDep) -> Iterator[Session]:
+    """One session per request, FastAPI's documented form.
 
-    `async`, yet it never blocks the event loop: creating a session does no I/O (it
-    connects at its first query), and closing one that still holds a connection (a
-    rollback, I/O) happens in a worker thread. As a `def` generator it would cost two
-    threadpool trips per request, a third of the trips of `GET /users/me`.
-
-    `expire_on_commit=False` keeps loaded objects readable after a commit, so returning
-    them needs no extra SELECT and a commit can hand the connection back to the pool early.
+    `expire_on_commit=False` keeps what was loaded readable after a commit: the session is
+    closed (scope="function" below) before the response is built from those objects.
     """
-    session = Session(engine, expire_on_commit=False)
-    try:
+    with Session(engine, expire_on_commit=False) as session:
         yield session
-    finally:
-        if session.in_transaction():
-            # Its own limiter, as FastAPI does for `def` dependencies' exits: a close that
-            # queued for a busy thread while those threads wait for its connection would
-            # deadlock.
-            await to_thread.run_sync(session.close, limiter=CapacityLimiter(1))
-        else:
-            session.close()
 
 
 # At most this many request sessions at once per process, fewer than the pool's 15
-# connections. A `def` endpoint's response is validated on one more worker-thread trip,
-# and a session that has read still holds its connection then: unlimited, enough requests
-# hold every connection while waiting for threads that all wait for a connection (a 30 s
-# pool_timeout stall, then 500s). Waiting for a slot takes no thread; the spare
-# connections serve background tasks.
+# connections. Without it, 128 concurrent clients stalled: requests holding a pooled
+# connection waited for a worker thread while every thread waited for a connection (a 30 s
+# pool_timeout, then 500s). Waiting for a slot takes no thread; the spare connections serve
+# background tasks. scope="function": the session (and its connection) goes as soon as the
+# endpoint returns, not after the client has read the response.
 MAX_REQUEST_SESSIONS = 10
-
-# scope="function": close the session (and free its connection) as soon as the endpoint
-# has returned and its response is built, not after the client has read it.
 SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=MAX_REQUEST_SESSIONS)]

@@ -5,8 +5,9 @@ Patterns shown:
   session (closed by the time they run), and open their own `Session`.
 - Every message is recorded as a `Notification` first, so its fate (`pending` ->
   `sent` | `failed`) is visible through the API, and a failure takes nothing else down.
-- Sending runs on threads of its own (`in_email_thread`): a hung mail server cannot take
-  the threads that serve requests.
+- Sending holds no database connection: read, send, then write, each step on its own.
+- `MAIL_SLOT`: FastAPI's `max_concurrency` bounds how many mails are in flight, so a slow
+  or dead mail server holds a few slots, never the threads that serve requests.
 - Two backends chosen by settings: SMTP through the standard library's `smtplib`
   (STARTTLS, login, timeout), or the log, so a workshop needs no mail server.
 - Start-up marks notifications whose task died with the previous process `failed`.
@@ -18,13 +19,11 @@ Imports: config, models, database, auth.
 import logging
 import smtplib
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Any
 
-from anyio import CapacityLimiter, to_thread
-from anyio.lowlevel import RunVar
+from fastapi import Depends
 from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
@@ -33,6 +32,20 @@ from config import Settings
 from models import Notification, User, header_safe, utc_now
 
 logger = logging.getLogger(__name__)
+
+# Routes that queue mail wait for one of these slots first, on the event loop, and hold it
+# until their background task has sent it (a request-scoped dependency ends after the
+# background tasks). A mail server that is slow or gone (up to SMTP_TIMEOUT_SECONDS a step)
+# then holds at most this many worker threads, and further mail waits without one.
+MAIL_CONCURRENCY = 4
+
+
+async def mail_slot() -> AsyncIterator[None]:
+    """Held from the start of a route that queues mail until that mail is sent."""
+    yield
+
+
+MAIL_SLOT = Depends(mail_slot, max_concurrency=MAIL_CONCURRENCY)
 
 INTERRUPTED_ERROR = "Not sent: the server stopped before its background task ran"
 # What a failed notification's `error` says, by exception, first match wins (ssl and smtplib
@@ -49,25 +62,6 @@ FAILURE_KINDS: tuple[tuple[type[Exception], str], ...] = (
     (smtplib.SMTPException, "The mail server answered with an error"),
     (OSError, "Mail server unreachable"),
 )
-
-
-# Background email runs on threads of its own, at most EMAIL_THREADS at a time, so a slow
-# or hung mail server holds these and never the (few) threads that serve requests.
-EMAIL_THREADS = 4
-_email_limiter: RunVar[CapacityLimiter] = RunVar("email_limiter")
-
-
-async def in_email_thread(task: Callable[..., None], *args: Any) -> None:
-    """Background task wrapper: run the blocking `task(*args)` on an email thread.
-
-    Usage: `background_tasks.add_task(in_email_thread, send_notification, engine, settings, id)`.
-    """
-    try:
-        limiter = _email_limiter.get()
-    except LookupError:  # first email of this event loop (a RunVar is per loop, like the limiter)
-        limiter = CapacityLimiter(EMAIL_THREADS)
-        _email_limiter.set(limiter)
-    await to_thread.run_sync(task, *args, limiter=limiter)
 
 
 def send_email(settings: Settings, *, to: str, subject: str, body: str) -> None:
@@ -103,23 +97,24 @@ def record_notification(session: Session, *, owner_id: int, email: str, subject:
 def send_notification(engine: Engine, settings: Settings, notification_id: int, body: str | None = None) -> None:
     """Background task: send a recorded notification and store the outcome.
 
-    `body` replaces the stored message when what is mailed must not be stored
-    (a reset token).
+    Read, send, write: no pooled connection is held while the mail server is talked to
+    (up to SMTP_TIMEOUT_SECONDS a step). `body` replaces the stored message when what is
+    mailed must not be stored (a reset token).
     """
     with Session(engine) as session:
         notification = session.get(Notification, notification_id)
-        session.commit()  # no connection held while talking to the mail server
-        if notification is None:  # its owner was deleted meanwhile
-            return
-        outcome: dict[str, str | datetime | None]
-        try:
-            send_email(settings, to=notification.email, subject=notification.subject, body=body or notification.message)
-            outcome = {"status": "sent", "sent_at": utc_now(), "error": None}
-        except Exception as error:  # any failure is the notification's, not the server's
-            # %r: the reply whole, its line breaks escaped, for whoever runs the server.
-            logger.warning("Notification %s failed: %r", notification_id, error)
-            kind = next((text for kind, text in FAILURE_KINDS if isinstance(error, kind)), "Sending failed")
-            outcome = {"status": "failed", "error": kind}
+    if notification is None:  # its owner was deleted meanwhile
+        return
+    outcome: dict[str, str | datetime | None]
+    try:
+        send_email(settings, to=notification.email, subject=notification.subject, body=body or notification.message)
+        outcome = {"status": "sent", "sent_at": utc_now(), "error": None}
+    except Exception as error:  # any failure is the notification's, not the server's
+        # %r: the reply whole, its line breaks escaped, for whoever runs the server.
+        logger.warning("Notification %s failed: %r", notification_id, error)
+        kind = next((text for kind, text in FAILURE_KINDS if isinstance(error, kind)), "Sending failed")
+        outcome = {"status": "failed", "error": kind}
+    with Session(engine) as session:
         # A bulk UPDATE, not the ORM: the row may be gone (owner deleted) and that is fine.
         session.exec(update(Notification).where(Notification.id == notification_id).values(**outcome))  # type: ignore[arg-type]
         session.commit()

@@ -10,30 +10,32 @@ Patterns shown:
 - Sync `def` endpoints on `SessionDep`, `CurrentUser`, `SuperUser`; fetch-or-fail helpers;
   `response_model` and `status_code` in the decorator; background tasks for email.
 - A 422 handler with FastAPI's body shape that survives any input.
-- FastAPI's "extending OpenAPI" pattern: the schema's login URL follows the app's settings.
+- The async rule, stated above the routers: `def` wherever anything blocks.
 
 Imports: config, models, database, auth, emails, middleware.
 """
 
 import json
 import reprlib
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from anyio import to_thread
-from fastapi import APIRouter, BackgroundTasks, FastAPI, Form, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
+from fastapi.security import OAuth2PasswordRequestForm
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, func, select
 
 from auth import (
+    BCRYPT_SLOT,
     CurrentUser,
     SuperUser,
     authenticate,
@@ -48,8 +50,8 @@ from auth import (
 from config import Settings, SettingsDep, settings as default_settings
 from database import EngineDep, SessionDep, create_db_engine, migrate_database
 from emails import (
+    MAIL_SLOT,
     fail_interrupted_notifications,
-    in_email_thread,
     record_email_change_notice,
     record_notification,
     record_welcome,
@@ -67,7 +69,6 @@ from models import (
     ItemPublic,
     ItemsPublic,
     ItemUpdate,
-    LoginForm,
     Message,
     Notification,
     NotificationCreate,
@@ -165,6 +166,18 @@ def commit_keeping_a_superuser(session: Session, *, check: bool) -> None:
     session.commit()
 
 
+@contextmanager
+def caller_still_exists(session: Session) -> Iterator[None]:
+    """Around the commit of a row the caller owns. If their account was deleted since they
+    were authenticated (a DELETE /users/me racing this request), the foreign key refuses
+    the row: 401, as for a deleted user's token, never a 500."""
+    try:
+        yield
+    except IntegrityError:
+        session.rollback()
+        raise credentials_error() from None
+
+
 def get_user_or_404(session: Session, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
@@ -202,22 +215,23 @@ def errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorMessage, "description": ERROR_DESCRIPTIONS[code]} for code in status_codes}
 
 
-# Any route that reads a body can answer 413, and 400 from FastAPI for a body that is not
-# UTF-8; any route behind CurrentUser, 401 and 403.
-BODY = errors(400, 413)
-AUTHENTICATED = errors(401, 403)
-
 # --- Routers --------------------------------------------------------------------------
+# Every route behind CurrentUser can answer 401 and 403: declared once, on its router. A
+# route that reads a body can answer 413 (over 1 MiB) and 400 (not UTF-8): declared on it.
+#
+# Sync `def` is the rule, for anything that queries, hashes, mails or touches a file:
+# FastAPI runs it in a worker thread. `async def` only where nothing blocks at all (here
+# `read_user_me` and a few dependencies that read memory), which saves the thread trip.
 
-auth_router = APIRouter(prefix="/auth", tags=["auth"], responses=BODY)
-users_router = APIRouter(prefix="/users", tags=["users"], responses=BODY)
-items_router = APIRouter(prefix="/items", tags=["items"], responses=BODY | AUTHENTICATED)
-notifications_router = APIRouter(prefix="/notifications", tags=["notifications"], responses=BODY | AUTHENTICATED)
+auth_router = APIRouter(prefix="/auth", tags=["auth"])
+users_router = APIRouter(prefix="/users", tags=["users"])
+items_router = APIRouter(prefix="/items", tags=["items"], responses=errors(401, 403))
+notifications_router = APIRouter(prefix="/notifications", tags=["notifications"], responses=errors(401, 403))
 health_router = APIRouter(tags=["health"])
 
 
-@auth_router.post("/login", response_model=Token, responses=errors(401, 403))
-def login(session: SessionDep, settings: SettingsDep, form: Annotated[LoginForm, Form()]) -> Token:
+@auth_router.post("/login", response_model=Token, responses=errors(400, 401, 403, 413), dependencies=[BCRYPT_SLOT])
+def login(session: SessionDep, settings: SettingsDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
     """Log in with username or email and password; returns a bearer token."""
     user = authenticate(session, login=form.username, password=form.password, rounds=settings.BCRYPT_ROUNDS)
     if user is None:
@@ -231,16 +245,18 @@ def login(session: SessionDep, settings: SettingsDep, form: Annotated[LoginForm,
     )
 
 
-@auth_router.post("/password-recovery", response_model=Message, status_code=202)
+@auth_router.post(
+    "/password-recovery", response_model=Message, status_code=202, responses=errors(400, 413), dependencies=[MAIL_SLOT]
+)
 def recover_password(
     body: PasswordRecovery, engine: EngineDep, settings: SettingsDep, background_tasks: BackgroundTasks
 ) -> Message:
     """Email a password reset token, if an account has this email."""
-    background_tasks.add_task(in_email_thread, send_password_reset, engine, settings, body.email)
+    background_tasks.add_task(send_password_reset, engine, settings, body.email)
     return Message(message="If an account has this email, a password reset token is on its way")
 
 
-@auth_router.post("/reset-password", response_model=Message, responses=errors(400))
+@auth_router.post("/reset-password", response_model=Message, responses=errors(400, 413), dependencies=[BCRYPT_SLOT])
 def reset_password(body: PasswordReset, session: SessionDep, settings: SettingsDep) -> Message:
     """Set a new password with a reset token; the token works once."""
     user = user_from_token(session, body.token, token_type="reset", settings=settings)
@@ -255,28 +271,32 @@ def reset_password(body: PasswordReset, session: SessionDep, settings: SettingsD
     return Message(message="Password updated")
 
 
-@users_router.post("/", response_model=UserPublic, status_code=201, responses=errors(400))
+# MAIL_SLOT first: a request waiting for it holds nothing else, not even a bcrypt slot.
+@users_router.post(
+    "/", response_model=UserPublic, status_code=201, responses=errors(400, 413), dependencies=[MAIL_SLOT, BCRYPT_SLOT]
+)
 def create_user(
     body: UserCreate, session: SessionDep, settings: SettingsDep, engine: EngineDep, background_tasks: BackgroundTasks
 ) -> User:
     """Sign up. Only email, username, password and full name are read from the body."""
-    # Hash before the first query: no pooled connection is held through bcrypt's ~250 ms.
     hashed_password = hash_password(body.password, settings.BCRYPT_ROUNDS)
     ensure_unique(session, email=body.email, username=body.username)
     user = User.model_validate(body, update={"hashed_password": hashed_password})
     save_user(session, user)
     welcome = record_welcome(session, user, settings)
-    background_tasks.add_task(in_email_thread, send_notification, engine, settings, welcome.id)
+    background_tasks.add_task(send_notification, engine, settings, welcome.id)
     return user
 
 
-@users_router.get("/me", response_model=UserPublic, responses=AUTHENTICATED)
-def read_user_me(user: CurrentUser) -> User:
-    """The caller's own account."""
+@users_router.get("/me", response_model=UserPublic, responses=errors(401, 403))
+async def read_user_me(user: CurrentUser) -> User:
+    """The caller's own account (`async`: it returns what CurrentUser loaded)."""
     return user
 
 
-@users_router.patch("/me", response_model=UserPublic, responses=errors(400) | AUTHENTICATED)
+@users_router.patch(
+    "/me", response_model=UserPublic, responses=errors(400, 401, 403, 413), dependencies=[MAIL_SLOT, BCRYPT_SLOT]
+)
 def update_user_me(
     body: UserUpdateMe,
     session: SessionDep,
@@ -296,11 +316,13 @@ def update_user_me(
     save_user(session, user)
     if email_changes:
         notice = record_email_change_notice(session, user, old_email, settings)
-        background_tasks.add_task(in_email_thread, send_notification, engine, settings, notice.id)
+        background_tasks.add_task(send_notification, engine, settings, notice.id)
     return user
 
 
-@users_router.patch("/me/password", response_model=Message, responses=errors(400) | AUTHENTICATED)
+@users_router.patch(
+    "/me/password", response_model=Message, responses=errors(400, 401, 403, 413), dependencies=[BCRYPT_SLOT]
+)
 def update_password_me(body: UpdatePassword, session: SessionDep, settings: SettingsDep, user: CurrentUser) -> Message:
     """Change the caller's password; every token issued before stops working."""
     if not verify_password(body.current_password, user.hashed_password):
@@ -310,7 +332,7 @@ def update_password_me(body: UpdatePassword, session: SessionDep, settings: Sett
     return Message(message="Password updated")
 
 
-@users_router.delete("/me", status_code=204, responses=errors(400) | AUTHENTICATED)
+@users_router.delete("/me", status_code=204, responses=errors(400, 401, 403))
 def delete_user_me(session: SessionDep, user: CurrentUser) -> None:
     """Delete the caller's account, with their items and notifications."""
     was_superuser = lock_superusers(session, user)
@@ -318,14 +340,14 @@ def delete_user_me(session: SessionDep, user: CurrentUser) -> None:
     commit_keeping_a_superuser(session, check=was_superuser)
 
 
-@users_router.get("/", response_model=UsersPublic, responses=AUTHENTICATED)
+@users_router.get("/", response_model=UsersPublic, responses=errors(401, 403))
 def read_users(session: SessionDep, _: SuperUser, skip: Skip = 0, limit: Limit = 100) -> UsersPublic:
     """Every user, by id (superusers only)."""
     users, count = read_page(session, User, skip=skip, limit=limit)
     return UsersPublic(data=users, count=count)
 
 
-@users_router.get("/{user_id}", response_model=UserPublic, responses=errors(404) | AUTHENTICATED)
+@users_router.get("/{user_id}", response_model=UserPublic, responses=errors(401, 403, 404))
 def read_user(user_id: RowId, session: SessionDep, user: CurrentUser) -> User:
     """One user: yourself, or anyone for a superuser."""
     if user.id == user_id:
@@ -336,7 +358,9 @@ def read_user(user_id: RowId, session: SessionDep, user: CurrentUser) -> User:
     return get_user_or_404(session, user_id)
 
 
-@users_router.patch("/{user_id}", response_model=UserPublic, responses=errors(400, 404) | AUTHENTICATED)
+@users_router.patch(
+    "/{user_id}", response_model=UserPublic, responses=errors(400, 401, 403, 404, 413), dependencies=[BCRYPT_SLOT]
+)
 def update_user(user_id: RowId, body: UserUpdate, session: SessionDep, settings: SettingsDep, _: SuperUser) -> User:
     """Change any user, including password, active and superuser flags (superusers only)."""
     changes = body.model_dump(exclude_unset=True)
@@ -352,7 +376,7 @@ def update_user(user_id: RowId, body: UserUpdate, session: SessionDep, settings:
     return user
 
 
-@users_router.delete("/{user_id}", status_code=204, responses=errors(400, 404) | AUTHENTICATED)
+@users_router.delete("/{user_id}", status_code=204, responses=errors(400, 401, 403, 404))
 def delete_user(user_id: RowId, session: SessionDep, _: SuperUser) -> None:
     """Delete a user with their items and notifications (superusers only)."""
     user = get_user_or_404(session, user_id)
@@ -361,12 +385,13 @@ def delete_user(user_id: RowId, session: SessionDep, _: SuperUser) -> None:
     commit_keeping_a_superuser(session, check=was_superuser)
 
 
-@items_router.post("/", response_model=ItemPublic, status_code=201)
+@items_router.post("/", response_model=ItemPublic, status_code=201, responses=errors(400, 413))
 def create_item(body: ItemCreate, session: SessionDep, user: CurrentUser) -> Item:
     """Create an item owned by the caller."""
     item = Item.model_validate(body, update={"owner_id": user.id})
-    session.add(item)
-    session.commit()
+    with caller_still_exists(session):
+        session.add(item)
+        session.commit()
     return item
 
 
@@ -384,7 +409,7 @@ def read_item(item_id: RowId, session: SessionDep, user: CurrentUser) -> Item:
     return get_owned_item_or_404(session, item_id, user)
 
 
-@items_router.patch("/{item_id}", response_model=ItemPublic, responses=errors(404))
+@items_router.patch("/{item_id}", response_model=ItemPublic, responses=errors(400, 404, 413))
 def update_item(item_id: RowId, body: ItemUpdate, session: SessionDep, user: CurrentUser) -> Item:
     """Change an item's title or description."""
     item = get_owned_item_or_404(session, item_id, user)
@@ -402,7 +427,9 @@ def delete_item(item_id: RowId, session: SessionDep, user: CurrentUser) -> None:
     session.commit()
 
 
-@notifications_router.post("/", response_model=NotificationPublic, status_code=202)
+@notifications_router.post(
+    "/", response_model=NotificationPublic, status_code=202, responses=errors(400, 413), dependencies=[MAIL_SLOT]
+)
 def create_notification(
     body: NotificationCreate,
     session: SessionDep,
@@ -412,8 +439,9 @@ def create_notification(
     background_tasks: BackgroundTasks,
 ) -> Notification:
     """Queue an email; its `status` tells later whether it went out."""
-    notification = record_notification(session, owner_id=user.id, **body.model_dump())
-    background_tasks.add_task(in_email_thread, send_notification, engine, settings, notification.id)
+    with caller_still_exists(session):
+        notification = record_notification(session, owner_id=user.id, **body.model_dump())
+    background_tasks.add_task(send_notification, engine, settings, notification.id)
     return notification
 
 
@@ -472,25 +500,6 @@ def operation_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
-def document_login_url(app: FastAPI, api_prefix: str) -> None:
-    """Point Swagger UI's Authorize button at this app's own login route.
-
-    `CurrentUser`'s OAuth2 scheme is built once, at import, with the environment's
-    API_V1_STR; an app built on other settings (`create_app(settings)`) would send the
-    button to a route it does not serve. FastAPI's "extending OpenAPI" pattern: wrap
-    `app.openapi`, whose result FastAPI caches.
-    """
-    build_schema = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = build_schema()
-        flows = schema["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
-        flows["password"]["tokenUrl"] = f"{api_prefix}/auth/login"
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def start_up(engine: Engine, settings: Settings, started_at: datetime) -> None:
     migrate_database(engine)
     create_first_superuser(engine, settings)
@@ -504,7 +513,6 @@ def create_app(settings: Settings = default_settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        to_thread.current_default_thread_limiter().total_tokens = settings.THREADPOOL_SIZE
         # Blocking work (SQL, bcrypt) goes to a worker thread, never on the event loop.
         await to_thread.run_sync(start_up, engine, settings, utc_now())
         yield
@@ -542,7 +550,6 @@ def create_app(settings: Settings = default_settings) -> FastAPI:
     for router in (auth_router, users_router, items_router, notifications_router):
         app.include_router(router, prefix=settings.API_V1_STR)
     app.include_router(health_router)
-    document_login_url(app, settings.API_V1_STR)
     return app
 
 

@@ -20,9 +20,9 @@ Imports: no project module.
 import re
 import secrets
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, EmailStr, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, EmailStr, StringConstraints
 from sqlalchemy import BigInteger, DateTime, Dialect, Index, Integer, func
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -96,10 +96,6 @@ Text = Annotated[str, AfterValidator(_storable_text)]
 Line = Annotated[str, AfterValidator(_storable_text), AfterValidator(_single_line)]
 Subject = Annotated[str, AfterValidator(_storable_text), AfterValidator(header_safe)]
 Email = Annotated[EmailStr, AfterValidator(str.lower)]
-# An email read back from the database was checked on its way in; email-validator checking
-# it again on every response was 8% of the CPU of GET /users/me (0.76 -> 0.70 ms in process).
-# Documented as an email all the same.
-StoredEmail = Annotated[str, WithJsonSchema({"type": "string", "format": "email"})]
 Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)]
 Password = Annotated[str, AfterValidator(_password_bytes)]
 
@@ -109,21 +105,9 @@ MIN_DB_INT, MAX_DB_INT = -(2**63), 2**63 - 1
 
 # 64-bit ids everywhere: BIGINT on PostgreSQL (INTEGER there is 32-bit), and SQLite's
 # INTEGER, which is 64-bit and the only type that makes a column the autoincrementing rowid.
+# Primary keys are None until the row is inserted; they are declared `int` because the
+# code reads them only after a commit.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def id_field() -> Any:
-    """The primary key: None until the row is inserted, so declare it `int` only on tables
-    whose ids the code reads after a commit (all of ours)."""
-    return Field(default=None, primary_key=True, sa_type=BigId)
-
-
-def owner_field() -> Any:
-    return Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)
-
-
-def timestamp_field() -> Any:
-    return Field(default_factory=utc_now, sa_type=UTCDateTime, nullable=False)
 
 
 def new_security_stamp() -> str:
@@ -148,7 +132,7 @@ class UserBase(SQLModel):
 # Database table: adds what only the server sets
 class User(UserBase, table=True):
     __table_args__ = NEVER_REUSE_IDS
-    id: int = id_field()
+    id: int = Field(default=None, primary_key=True, sa_type=BigId)
     hashed_password: str
     is_active: bool = True
     is_superuser: bool = False
@@ -156,8 +140,8 @@ class User(UserBase, table=True):
     # or the user is deactivated, which revokes them all. A new account gets its own, so
     # no token of a deleted account ever passes for another, whatever its id.
     security_stamp: str = Field(default_factory=new_security_stamp, max_length=32)
-    created_at: datetime = timestamp_field()
-    updated_at: datetime = timestamp_field()
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
 
 
 # Usernames keep the case they were given but are unique regardless of it.
@@ -201,7 +185,6 @@ class UpdatePassword(SQLModel):
 
 # Returned for a user: never the password hash
 class UserPublic(UserBase):
-    email: StoredEmail
     id: int
     is_active: bool
     is_superuser: bool
@@ -224,10 +207,10 @@ class ItemBase(SQLModel):
 
 class Item(ItemBase, table=True):
     __table_args__ = NEVER_REUSE_IDS
-    id: int = id_field()
-    owner_id: int = owner_field()
-    created_at: datetime = timestamp_field()
-    updated_at: datetime = timestamp_field()
+    id: int = Field(default=None, primary_key=True, sa_type=BigId)
+    owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
 
 
 # Body of POST /items/: the owner is the caller, never the body
@@ -264,11 +247,11 @@ class NotificationBase(SQLModel):
 
 class Notification(NotificationBase, table=True):
     __table_args__ = NEVER_REUSE_IDS
-    id: int = id_field()
-    owner_id: int = owner_field()
+    id: int = Field(default=None, primary_key=True, sa_type=BigId)
+    owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)
     status: str = Field(default="pending", max_length=16)
     error: str | None = Field(default=None, max_length=1000)
-    created_at: datetime = timestamp_field()
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
@@ -294,13 +277,7 @@ class NotificationsPublic(SQLModel):
 # --- Auth ---------------------------------------------------------------------------
 
 
-# Body of POST /auth/login: the OAuth2 password form that Swagger UI's Authorize button
-# sends (its other fields, such as grant_type, are ignored)
-class LoginForm(SQLModel):
-    username: str = Field(max_length=255, description="Username or email", schema_extra={"examples": ["ada"]})
-    password: str = Field(max_length=1024, schema_extra={"examples": ["correct horse battery"]})
-
-
+# Body of a successful login
 class Token(SQLModel):
     access_token: str
     token_type: str = "bearer"

@@ -1,4 +1,5 @@
-"""Concurrency, crash safety and start-up with several workers, against a live server.
+"""Concurrency, crash safety and start-up with several workers, against a live server;
+and, in process, bcrypt bounded so that logins never starve other requests.
 
 Patterns shown:
 - A real `uvicorn main:app` subprocess per test: a copy of the app in a temp dir, a free
@@ -9,22 +10,27 @@ Patterns shown:
 - Everything bounded: request timeouts, polling with a deadline, capped loops. No test
   asserts a duration: a stall shows up as client timeouts or 500s (the pool's timeout).
 
-Imports: conftest, livetest.
+Imports: auth, conftest, livetest.
 """
 
 import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import httpx2
 import pytest
+from fastapi.testclient import TestClient
 
+from auth import BCRYPT_CONCURRENCY
 from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, login, settings_environ, signup
 from livetest import STOP_SECONDS, Server, copy_app, running_server
 
@@ -265,3 +271,62 @@ def test_four_workers_start_on_a_fresh_database_and_create_one_superuser(start_s
     assert statuses == {201: 32, 200: 32}
     assert len(read_all_items(server.url)) == 32
     assert_no_server_error(server)
+
+
+# --- bcrypt never starves the rest (in process: bcrypt held on an event) -----------------
+
+
+@pytest.fixture(name="held_bcrypt")
+def held_bcrypt_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator["HeldBcrypt"]:
+    """bcrypt's check made to wait until the test lets it go; the most running at once."""
+    held = HeldBcrypt(bcrypt.checkpw)
+    monkeypatch.setattr(bcrypt, "checkpw", held.checkpw)
+    yield held
+    held.release.set()
+
+
+class HeldBcrypt:
+    def __init__(self, checkpw: Callable[[bytes, bytes], bool]) -> None:
+        self.real_checkpw = checkpw
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.running = self.most_at_once = 0
+
+    def checkpw(self, password: bytes, hashed_password: bytes) -> bool:
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        self.release.wait(timeout=REQUEST_SECONDS)
+        with self.lock:
+            self.running -= 1
+        return self.real_checkpw(password, hashed_password)
+
+
+def test_logins_waiting_for_bcrypt_hold_no_thread_and_no_session(
+    client: TestClient, user_headers: dict[str, str], held_bcrypt: HeldBcrypt
+) -> None:
+    """While more logins than there are worker threads and request sessions wait on
+    bcrypt, other requests are answered at once; bcrypt runs at most BCRYPT_CONCURRENCY
+    checks at a time."""
+    logins = 48  # more than anyio's 40 threads and the 10 request sessions
+    with ThreadPoolExecutor(max_workers=logins + 1) as pool:
+        pending = [
+            pool.submit(client.post, f"{API}/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD})
+            for _ in range(logins)
+        ]
+        deadline = time.monotonic() + REQUEST_SECONDS
+        while held_bcrypt.running < BCRYPT_CONCURRENCY and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # let the other logins queue up
+
+        def read_and_write() -> list[int]:
+            return [
+                client.get(f"{API}/users/me", headers=user_headers).status_code,
+                client.post(f"{API}/items/", headers=user_headers, json={"title": "t"}).status_code,
+            ]
+
+        # Answered while every login is still held: a stall would last until the release.
+        assert pool.submit(read_and_write).result(timeout=REQUEST_SECONDS / 2) == [200, 201]
+        held_bcrypt.release.set()
+        assert [future.result().status_code for future in pending] == [200] * logins
+    assert held_bcrypt.most_at_once == BCRYPT_CONCURRENCY

@@ -8,17 +8,22 @@ Patterns shown:
   they work without internet (fastapi-offline serves Swagger UI and ReDoc itself).
 - Every asset URL a page names, and every `url(...)` in its stylesheets, answers 200.
 
-Imports: conftest.
+Imports: conftest, livetest, main.
 """
 
+import json
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import DEFAULT_PASSWORD, MakeSettings, signup
+from conftest import DEFAULT_PASSWORD, TEST_SECRET_KEY, MakeSettings, signup
+from livetest import child_environ, copy_app
 from main import create_app
 
 SCRIPT_URL = re.compile(r"""\burl:\s*['"]([^'"]+)['"]""")
@@ -109,16 +114,25 @@ def test_openapi_oauth2_token_url_is_the_login_route(client: TestClient) -> None
     assert "post" in schema["paths"]["/api/v1/auth/login"]
 
 
-def test_app_on_another_api_prefix_points_authorize_at_its_own_login(make_settings: MakeSettings) -> None:
-    """`create_app(settings)` with API_V1_STR=/v2 serves and documents everything under /v2."""
+def test_app_on_another_api_prefix_serves_everything_there(make_settings: MakeSettings) -> None:
+    """`create_app(settings)` with API_V1_STR=/v2 serves everything under /v2."""
     with TestClient(create_app(make_settings(API_V1_STR="/v2"))) as client:
-        schema = client.get("/v2/openapi.json").json()
-        flows = schema["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
-        assert flows["password"]["tokenUrl"] == "/v2/auth/login"
         user = {"email": "ada@example.com", "username": "ada", "password": DEFAULT_PASSWORD}
         assert client.post("/v2/users/", json=user).status_code == 201
         assert client.post("/v2/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD}).status_code == 200
         assert client.get("/api/v1/openapi.json").status_code == 404
+
+
+def test_authorize_button_follows_api_v1_str_of_the_environment(tmp_path: Path) -> None:
+    """`uvicorn main:app` with API_V1_STR=/v2 documents /v2/auth/login as the tokenUrl
+    (built from the settings, FastAPI's documented form)."""
+    script = "import json, main; print(json.dumps(main.app.openapi()['components']['securitySchemes']))"
+    environ = child_environ(API_V1_STR="/v2", SECRET_KEY=TEST_SECRET_KEY, DATABASE_URL=f"sqlite:///{tmp_path}/a.db")
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=copy_app(tmp_path / "app"), env=environ, capture_output=True, check=True
+    )
+    flows = json.loads(result.stdout)["OAuth2PasswordBearer"]["flows"]
+    assert flows["password"]["tokenUrl"] == "/v2/auth/login"
 
 
 def test_swagger_ui_authorize_form_logs_in(client: TestClient) -> None:

@@ -11,12 +11,16 @@ Patterns shown:
 Imports: config, models, database, auth, emails, main, conftest, livetest.
 """
 
+import asyncio
 import email
 import email.policy
 import logging
 import re
 import ssl
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -30,6 +34,8 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session as SMTPSession
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlalchemy.pool import QueuePool
 from sqlmodel import Session, func, select
 
 import models
@@ -37,7 +43,7 @@ from auth import hash_password
 from config import Settings, load_settings
 from conftest import DEFAULT_PASSWORD, MakeSettings, login, security_stamp, signup
 from database import create_db_engine
-from emails import INTERRUPTED_ERROR, send_email
+from emails import INTERRUPTED_ERROR, MAIL_CONCURRENCY, send_email
 from livetest import free_port
 from main import create_app
 from models import Notification, User
@@ -174,9 +180,9 @@ def console_log_fixture(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFi
 
 
 @contextmanager
-def smtp_server(handler: object, **smtp_options: Any) -> Iterator[int]:
-    """Run an aiosmtpd server with `handler` on a free loopback port; yield the port."""
-    port = free_port()
+def smtp_server(handler: object, port: int = 0, **smtp_options: Any) -> Iterator[int]:
+    """Run an aiosmtpd server with `handler` on `port` (default: a free one); yield the port."""
+    port = port or free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port, **smtp_options)
     controller.start()
     try:
@@ -186,8 +192,13 @@ def smtp_server(handler: object, **smtp_options: Any) -> Iterator[int]:
 
 
 def smtp_settings(make_settings: MakeSettings, port: int, **overrides: str) -> Settings:
-    """Test settings that send mail to 127.0.0.1:`port`, plain text unless overridden."""
-    environ = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "SMTP_TLS": "false", "EMAILS_FROM": EMAILS_FROM}
+    """Test settings that send mail to 127.0.0.1:`port` (0: a free one), plain text unless overridden."""
+    environ = {
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(port or free_port()),
+        "SMTP_TLS": "false",
+        "EMAILS_FROM": EMAILS_FROM,
+    }
     return make_settings(**(environ | overrides))
 
 
@@ -932,3 +943,76 @@ def test_production_console_backend_withholds_the_reset_token(
     [record] = [r for r in console_log.records if r.name == "emails"]
     assert "(the token is in the email only)" in record.getMessage()
     assert TOKEN_LINE.search(record.getMessage()) is None
+
+
+class PoolWatchingMailbox(Mailbox):
+    """A `Mailbox` that notes how many pooled connections the app holds as each mail arrives."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.checked_out: list[int] = []
+
+    async def handle_DATA(  # noqa: N802 (aiosmtpd calls it by this name)
+        self, server: SMTP, session: SMTPSession, envelope: Envelope
+    ) -> str:
+        pool = self.engine.pool
+        assert isinstance(pool, QueuePool)
+        self.checked_out.append(pool.checkedout())
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_sending_a_notification_holds_no_database_connection(make_settings: MakeSettings) -> None:
+    """Read, send, write: while the mail server has the message, the app holds no pooled
+    connection (a slow server must not drain the pool)."""
+    port = free_port()
+    with TestClient(create_app(smtp_settings(make_settings, port))) as client:
+        mailbox = PoolWatchingMailbox(client.app.state.engine)
+        with smtp_server(mailbox, port=port):
+            signup(client, "ada")
+            notify(client, login(client, "ada"))
+    assert mailbox.checked_out == [0, 0]
+
+
+class HeldMailbox(Mailbox):
+    """A mail server that holds every message until `release` is set (a slow server)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.in_flight = self.most_in_flight = 0
+
+    async def handle_DATA(  # noqa: N802 (aiosmtpd calls it by this name)
+        self, server: SMTP, session: SMTPSession, envelope: Envelope
+    ) -> str:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        while not self.release.is_set():
+            await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_mail_in_flight_is_bounded_and_a_slow_server_holds_no_request_thread(make_settings: MakeSettings) -> None:
+    """With the mail server stuck, at most MAIL_CONCURRENCY mails are in flight, the rest
+    wait without a thread, and other requests are answered meanwhile."""
+    mailbox = HeldMailbox()
+    mailbox.release.set()
+    settings = smtp_settings(make_settings, 0, SMTP_TIMEOUT_SECONDS="60")
+    with smtp_server(mailbox, port=settings.SMTP_PORT), TestClient(create_app(settings)) as client:
+        signup(client, "ada")
+        headers = login(client, "ada")
+        mailbox.release.clear()
+        queued = 48  # more than anyio's 40 worker threads
+        with ThreadPoolExecutor(max_workers=queued + 1) as pool:
+            pending = [pool.submit(notify, client, headers, subject=f"n{n}") for n in range(queued)]
+            deadline = time.monotonic() + 20
+            while mailbox.in_flight < MAIL_CONCURRENCY and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # let the other requests queue up
+            reads = pool.submit(lambda: client.get("/api/v1/users/me", headers=headers).status_code)
+            assert reads.result(timeout=10) == 200
+            mailbox.release.set()
+            assert len([future.result() for future in pending]) == queued
+    assert mailbox.most_in_flight == MAIL_CONCURRENCY
+    assert len(mailbox.deliveries) == 1 + queued

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select, update
 
 import auth
+import main
 from config import Settings
 from conftest import (
     DEFAULT_PASSWORD,
@@ -1174,3 +1175,56 @@ def test_login_rehash_never_overwrites_a_password_changed_meanwhile(
         login(client, "ada", "changed meanwhile")
         response = client.post(f"{API}/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD})
         assert response.status_code == 401, response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("items", {"title": "late"}), ("notifications", {"email": "bob@example.com", "subject": "s", "message": "m"})],
+)
+def test_create_for_an_account_deleted_meanwhile_gets_401(client: TestClient, path: str, body: dict[str, str]) -> None:
+    """A create racing the owner's DELETE /users/me: the user was loaded, then the row went.
+    The foreign key refuses the new row; the answer is the deleted user's 401, not a 500."""
+    ada = signup(client, "ada")
+    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+        loaded_before_the_delete = session.get(User, ada["id"])
+    assert client.delete(f"{API}/users/me", headers=login(client, "ada")).status_code == 204
+    client.app.dependency_overrides[auth.get_current_user] = lambda: loaded_before_the_delete  # type: ignore[attr-defined]
+    response = client.post(f"{API}/{path}/", json=body)
+    assert response.status_code == 401, response.text
+    assert response.json() == BAD_TOKEN
+
+
+@pytest.mark.parametrize(
+    ("taken", "setting"),
+    [({"username": "admin"}, "FIRST_SUPERUSER_USERNAME"), ({"email": SUPERUSER_EMAIL}, "FIRST_SUPERUSER_EMAIL")],
+)
+def test_first_superuser_blocked_by_a_signed_up_user_is_a_warning_naming_the_setting(
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture, taken: dict[str, str], setting: str
+) -> None:
+    """Someone who signed up with the superuser's username or email first: start-up says
+    so at WARNING, naming the setting to change."""
+    with TestClient(create_app(make_settings(FIRST_SUPERUSER_EMAIL="", FIRST_SUPERUSER_PASSWORD=""))) as client:
+        signup(client, **({"username": "mallory", "email": "mallory@example.com"} | taken))
+    caplog.clear()
+    with TestClient(create_app(make_settings())):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "auth"]
+    assert warnings == [f"First superuser not created: another user already has its {setting}"]
+
+
+def test_update_user_profile_and_password_is_one_transaction(
+    client: TestClient, superuser_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while setting the password leaves the profile change undone too."""
+    user = signup(client, "ada")
+
+    def failing_hash(password: str, rounds: int) -> str:
+        raise RuntimeError("hashing failed")
+
+    monkeypatch.setattr(main, "hash_password", failing_hash)
+    with TestClient(client.app, raise_server_exceptions=False) as failing:
+        response = failing.patch(
+            f"{API}/users/{user['id']}", headers=superuser_headers, json={"username": "ada2", "password": "new pass 1"}
+        )
+    assert response.status_code == 500, response.text
+    assert client.get(f"{API}/users/{user['id']}", headers=superuser_headers).json()["username"] == "ada"

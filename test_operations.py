@@ -483,7 +483,7 @@ MORE_BAD_SETTINGS = [
         {"EMAILS_FROM": "nobody"},
         "EMAILS_FROM must be an email address such as 'App <noreply@example.com>', got 'nobody'",
     ),
-    ({"THREADPOOL_SIZE": "0"}, "THREADPOOL_SIZE must be an integer from 1 to 1000, got '0'"),
+    ({"FIRST_SUPERUSER_EMAIL": "not-an-email"}, "FIRST_SUPERUSER_EMAIL must be an email address, got 'not-an-email'"),
 ]
 
 
