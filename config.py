@@ -68,6 +68,10 @@ class Settings:
     SMTP_TIMEOUT_SECONDS: int = 10
     EMAILS_FROM: str = "noreply@example.com"
     LOG_LEVEL: str = "INFO"
+    LOGIN_MAX_FAILURES: int = 5
+    LOGIN_LOCKOUT_MINUTES: int = 15
+    NOTIFICATIONS_PER_HOUR: int = 20
+    RECOVERY_EMAILS_PER_HOUR: int = 3
 
 
 def _integer(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -222,6 +226,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         EMAILS_FROM=_emails_from(environ),
         LOG_LEVEL=_choice(
             {"LOG_LEVEL": environ.get("LOG_LEVEL", "").upper()}, "LOG_LEVEL", Settings.LOG_LEVEL, LOG_LEVELS
+        ),
+        LOGIN_MAX_FAILURES=_integer(environ, "LOGIN_MAX_FAILURES", Settings.LOGIN_MAX_FAILURES, 1, 1000),
+        LOGIN_LOCKOUT_MINUTES=_integer(environ, "LOGIN_LOCKOUT_MINUTES", Settings.LOGIN_LOCKOUT_MINUTES, 1, 10_080),
+        NOTIFICATIONS_PER_HOUR=_integer(environ, "NOTIFICATIONS_PER_HOUR", Settings.NOTIFICATIONS_PER_HOUR, 1, 100_000),
+        RECOVERY_EMAILS_PER_HOUR=_integer(
+            environ, "RECOVERY_EMAILS_PER_HOUR", Settings.RECOVERY_EMAILS_PER_HOUR, 1, 1000
         ),
         # Last: its warning or key file only once every other value is known to be good.
         SECRET_KEY=_secret_key(environ, environment),

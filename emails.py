@@ -17,19 +17,20 @@ Imports: config, models, database, auth.
 """
 
 import logging
+import math
 import smtplib
 import ssl
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 
 from fastapi import Depends
 from sqlalchemy import Engine, update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from auth import create_token
 from config import Settings
-from models import Notification, User, header_safe, utc_now
+from models import Notification, NotificationKind, User, header_safe, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +87,49 @@ def send_email(settings: Settings, *, to: str, subject: str, body: str) -> None:
         smtp.send_message(message)
 
 
-def record_notification(session: Session, *, owner_id: int, email: str, subject: str, message: str) -> Notification:
-    """Store a `pending` notification and return it (with its id) for a background task."""
-    notification = Notification(owner_id=owner_id, email=email, subject=subject, message=message)
+class HourlyLimitError(Exception):
+    """Raised by `record_notification` instead of recording: the owner is at a limit."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after} s")
+        self.retry_after = retry_after  # whole seconds until the oldest counted one is an hour old
+
+
+def record_notification(
+    session: Session,
+    *,
+    owner_id: int,
+    email: str,
+    subject: str,
+    message: str,
+    kind: NotificationKind,
+    hourly_limit: int | None = None,
+    counted_kind: NotificationKind | None = None,
+) -> Notification:
+    """Store a `pending` notification and return it (with its id) for a background task.
+
+    With `hourly_limit`: if the owner already has that many notifications (of
+    `counted_kind`, or of any kind) created in the last 60 minutes, record nothing and
+    raise `HourlyLimitError`. The new row is written first and counted with the others,
+    one request at a time per owner: PostgreSQL locks the owner's row until commit, and
+    SQLite lets one writer at a time hold the database from its first write.
+    """
+    if hourly_limit is not None:
+        session.exec(select(User.id).where(col(User.id) == owner_id).with_for_update()).first()
+    notification = Notification(owner_id=owner_id, email=email, subject=subject, message=message, kind=kind)
     session.add(notification)
+    if hourly_limit is not None:
+        session.flush()
+        hour_ago = utc_now() - timedelta(hours=1)
+        created_at = col(Notification.created_at)
+        recent = select(created_at).where(col(Notification.owner_id) == owner_id, created_at > hour_ago)
+        if counted_kind is not None:
+            recent = recent.where(col(Notification.kind) == counted_kind)
+        newest_first = session.exec(recent.order_by(created_at.desc()).limit(hourly_limit + 1)).all()
+        if len(newest_first) > hourly_limit:  # the new one and `hourly_limit` others
+            session.rollback()
+            counted_since: datetime = newest_first[hourly_limit]
+            raise HourlyLimitError(max(1, math.ceil((counted_since - hour_ago).total_seconds())))
     session.commit()
     return notification
 
@@ -128,6 +168,7 @@ def record_welcome(session: Session, user: User, settings: Settings) -> Notifica
         email=user.email,
         subject=f"Welcome to {settings.PROJECT_NAME}",
         message=f"Hi {user.username},\n\nyour account is ready. Log in with your username or email.\n",
+        kind="welcome",
     )
 
 
@@ -142,6 +183,7 @@ def record_email_change_notice(session: Session, user: User, old_email: str, set
             f"Hi {user.username},\n\nthe email address of your account is no longer this one."
             " If you did not change it, contact us: someone may have your password.\n"
         ),
+        kind="email_change",
     )
 
 
@@ -149,7 +191,8 @@ def send_password_reset(engine: Engine, settings: Settings, email: str) -> None:
     """Background task of POST /auth/password-recovery.
 
     The lookup happens here, after the 202 has gone out, so the response takes the same
-    time whether or not the account exists. The stored message leaves the token out:
+    time whether or not the account exists, and whether or not a mail is sent (at most
+    RECOVERY_EMAILS_PER_HOUR an account). The stored message leaves the token out:
     whoever can read the notifications must not be able to reset the password. So does
     the console backend in production, where whoever reads the logs is not the account's
     owner (SPEC 6).
@@ -166,13 +209,21 @@ def send_password_reset(engine: Engine, settings: Settings, email: str) -> None:
             f" {settings.RESET_TOKEN_EXPIRE_MINUTES} minutes:\n\n{{token}}\n\n"
             "If it was not you, ignore this message: your password stays as it is.\n"
         )
-        notification = record_notification(
-            session,
-            owner_id=user.id,
-            email=user.email,
-            subject=subject,
-            message=template.format(token="(the token is in the email only)"),
-        )
+        try:
+            notification = record_notification(
+                session,
+                owner_id=user.id,
+                email=user.email,
+                subject=subject,
+                message=template.format(token="(the token is in the email only)"),
+                kind="recovery",
+                hourly_limit=settings.RECOVERY_EMAILS_PER_HOUR,
+                counted_kind="recovery",
+            )
+        except HourlyLimitError:
+            # Nobody can fill an inbox with reset mails; the caller got the same 202 (SPEC 5).
+            logger.info("Password recovery for user %s not sent: RECOVERY_EMAILS_PER_HOUR reached", user.id)
+            return
         notification_id = notification.id
     token_withheld = not settings.SMTP_HOST and settings.ENVIRONMENT == "production"
     send_notification(engine, settings, notification_id, body=None if token_withheld else template.format(token=token))

@@ -39,10 +39,15 @@ from auth import (
     CurrentUser,
     SuperUser,
     authenticate,
+    clear_login_failures,
     create_first_superuser,
     create_token,
     credentials_error,
+    find_login_user,
     hash_password,
+    login_key,
+    login_retry_after,
+    record_login_failure,
     set_password,
     user_from_token,
     verify_password,
@@ -51,6 +56,7 @@ from config import Settings, SettingsDep, settings as default_settings
 from database import EngineDep, SessionDep, create_db_engine, migrate_database
 from emails import (
     MAIL_SLOT,
+    HourlyLimitError,
     fail_interrupted_notifications,
     record_email_change_notice,
     record_notification,
@@ -202,8 +208,12 @@ ERROR_DESCRIPTIONS = {
     403: "Inactive user, or not enough privileges",
     404: "Not found",
     413: "Request body over 1 MiB",
+    429: "Too many requests: try again after `Retry-After` seconds",
     503: "Database unavailable",
 }
+
+
+RETRY_AFTER_HEADER = {"description": "Seconds until a request may succeed", "schema": {"type": "integer"}}
 
 
 def errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
@@ -212,7 +222,17 @@ def errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     FastAPI documents only the success code and 422; generated clients and contract
     tests need every code an operation can answer.
     """
-    return {code: {"model": ErrorMessage, "description": ERROR_DESCRIPTIONS[code]} for code in status_codes}
+    responses: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorMessage, "description": ERROR_DESCRIPTIONS[code]} for code in status_codes
+    }
+    if 429 in responses:
+        responses[429]["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+    return responses
+
+
+def too_many_requests(detail: str, retry_after: int) -> HTTPException:
+    """Every 429 of the API: `Retry-After` says when to come back, in whole seconds."""
+    return HTTPException(status_code=429, detail=detail, headers={"Retry-After": str(retry_after)})
 
 
 # --- Routers --------------------------------------------------------------------------
@@ -230,13 +250,21 @@ notifications_router = APIRouter(prefix="/notifications", tags=["notifications"]
 health_router = APIRouter(tags=["health"])
 
 
-@auth_router.post("/login", response_model=Token, responses=errors(400, 401, 403, 413), dependencies=[BCRYPT_SLOT])
+@auth_router.post("/login", response_model=Token, responses=errors(400, 401, 403, 413, 429), dependencies=[BCRYPT_SLOT])
 def login(session: SessionDep, settings: SettingsDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
     """Log in with username or email and password; returns a bearer token."""
-    user = authenticate(session, login=form.username, password=form.password, rounds=settings.BCRYPT_ROUNDS)
+    named = find_login_user(session, form.username)
+    key = login_key(form.username, named)
+    retry_after = login_retry_after(session, key, settings)
+    if retry_after:
+        # Before any bcrypt check, and not counted as a failure itself (SPEC 5).
+        raise too_many_requests("Too many failed logins, try again later", retry_after)
+    user = authenticate(session, named, password=form.password, rounds=settings.BCRYPT_ROUNDS)
     if user is None:
+        record_login_failure(session, key, settings)
         # Same status and body for an unknown user and a wrong password (SPEC 4).
         raise credentials_error("Incorrect username or password")
+    clear_login_failures(session, key)
     if not user.is_active:
         raise HTTPException(status_code=403, detail="Inactive user")
     return Token(
@@ -428,7 +456,7 @@ def delete_item(item_id: RowId, session: SessionDep, user: CurrentUser) -> None:
 
 
 @notifications_router.post(
-    "/", response_model=NotificationPublic, status_code=202, responses=errors(400, 413), dependencies=[MAIL_SLOT]
+    "/", response_model=NotificationPublic, status_code=202, responses=errors(400, 413, 429), dependencies=[MAIL_SLOT]
 )
 def create_notification(
     body: NotificationCreate,
@@ -439,8 +467,17 @@ def create_notification(
     background_tasks: BackgroundTasks,
 ) -> Notification:
     """Queue an email; its `status` tells later whether it went out."""
-    with caller_still_exists(session):
-        notification = record_notification(session, owner_id=user.id, **body.model_dump())
+    try:
+        with caller_still_exists(session):
+            notification = record_notification(
+                session,
+                owner_id=user.id,
+                **body.model_dump(),
+                kind="message",
+                hourly_limit=settings.NOTIFICATIONS_PER_HOUR,
+            )
+    except HourlyLimitError as limit:
+        raise too_many_requests("Too many notifications, try again later", limit.retry_after) from None
     background_tasks.add_task(send_notification, engine, settings, notification.id)
     return notification
 

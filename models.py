@@ -32,6 +32,8 @@ MAX_PASSWORD_BYTES = 72
 # Every character str.splitlines() breaks a line at.
 LINE_SEPARATORS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 NotificationStatus = Literal["pending", "sent", "failed"]
+# What a notification is for: the hourly caps of SPEC 5 count by owner and kind.
+NotificationKind = Literal["welcome", "recovery", "email_change", "message"]
 
 
 def utc_now() -> datetime:
@@ -249,6 +251,7 @@ class Notification(NotificationBase, table=True):
     __table_args__ = NEVER_REUSE_IDS
     id: int = Field(default=None, primary_key=True, sa_type=BigId)
     owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)
+    kind: str = Field(default="message", max_length=16, sa_column_kwargs={"server_default": "message"})
     status: str = Field(default="pending", max_length=16)
     error: str | None = Field(default=None, max_length=1000)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
@@ -275,6 +278,16 @@ class NotificationsPublic(SQLModel):
 
 
 # --- Auth ---------------------------------------------------------------------------
+
+
+# A failed login, counted against what it named for LOGIN_LOCKOUT_MINUTES (SPEC 5): an
+# account ("user:<id>", its username and email alike), or a login text that matches none
+# ("text:<sha256 of it, lower-cased>": people type passwords into the username field).
+# Rows older than the window are deleted as new failures come in.
+class LoginFailure(SQLModel, table=True):
+    id: int = Field(default=None, primary_key=True, sa_type=BigId)
+    login_key: str = Field(max_length=80, index=True)
+    failed_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime, index=True)
 
 
 # Body of a successful login

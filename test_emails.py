@@ -998,7 +998,7 @@ def test_mail_in_flight_is_bounded_and_a_slow_server_holds_no_request_thread(mak
     wait without a thread, and other requests are answered meanwhile."""
     mailbox = HeldMailbox()
     mailbox.release.set()
-    settings = smtp_settings(make_settings, 0, SMTP_TIMEOUT_SECONDS="60")
+    settings = smtp_settings(make_settings, 0, SMTP_TIMEOUT_SECONDS="60", NOTIFICATIONS_PER_HOUR="100")
     with smtp_server(mailbox, port=settings.SMTP_PORT), TestClient(create_app(settings)) as client:
         signup(client, "ada")
         headers = login(client, "ada")

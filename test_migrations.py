@@ -174,3 +174,19 @@ def test_upgrade_to_never_reused_ids_keeps_every_row_and_gives_each_user_a_stamp
         session.add(newcomer)
         session.commit()
         assert newcomer.id == 3
+
+
+def test_every_revision_keeps_sqlite_ids_never_reused(engine: Engine) -> None:
+    """On SQLite, the user, item and notification tables keep AUTOINCREMENT at every
+    revision from 0002 on, whichever way it was reached (a batch copy loses it unless told)."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("AUTOINCREMENT is SQLite's; PostgreSQL's sequences never reuse ids")
+    migrate_database(engine)
+    revisions = [script.revision for script in ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).walk_revisions()]
+    for revision in revisions[: revisions.index("0002") + 1]:
+        alembic_command(engine, "downgrade", revision)
+        with engine.connect() as connection:
+            tables: dict[str, str] = dict(
+                connection.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'").all()
+            )
+        assert all("AUTOINCREMENT" in tables[name] for name in ("user", "item", "notification")), revision

@@ -6,6 +6,7 @@ Usage, from anywhere, with the project's dependencies installed:
     python bench/run.py --short            # about 2 s a run: a smoke run for CI
     python bench/run.py --scenarios me,items --duration 5
     python bench/run.py --scenarios login_storm   # reads alone, then during a login storm
+    python bench/run.py --scenarios throttle      # a wrong-password login beside a throttled one
     python bench/run.py --workers 2
     python bench/run.py --database-url postgresql+psycopg://user:pw@localhost/bench
     python bench/run.py --project-env LOG_LEVEL=WARNING   # try a setting on the project
@@ -55,6 +56,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -83,6 +85,7 @@ STORM_USERS = tuple(f"storm{number}" for number in range(1, 7))
 # flight, and the reads are measured against a storm at full strength.
 STORM_LEAD_SECONDS = 1
 API_PREFIX = "/api/v1"
+LOGIN_MAX_FAILURES = 5  # the project's default (SPEC 2)
 
 # scenario -> (label, user whose token it sends)
 SCENARIOS = {
@@ -94,6 +97,8 @@ SCENARIOS = {
     "mix": ("90/10 read/write mix", MIXER),
     # GET /users/me alone, then while STORM_CLIENTS log in: see measure_login_storm.
     "login_storm": ("GET /users/me + logins", READER),
+    # Wrong-password logins until throttled, then throttled ones: see measure_throttle.
+    "throttle": ("POST /auth/login, throttled", None),
 }
 # The environment a server inherits: enough to run, nothing that changes a setting.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
@@ -578,6 +583,42 @@ def print_table(results: dict[str, dict[str, Figures]], bcrypt_bound: float | No
     print("".join(f" {s} {ratio(f['project'].p99_ms, f['project'].p50_ms):.1f}" for s, f in results.items()))
 
 
+def time_logins(server: Server, username: str, count: int) -> tuple[list[int], float]:
+    """`count` wrong-password logins of `username`, one after another: their statuses and
+    the median time of one, in ms."""
+    body = urllib.parse.urlencode({"username": username, "password": "not the password"}).encode()
+    statuses, seconds = [], []
+    for _ in range(count):
+        started = time.perf_counter()
+        try:
+            urllib.request.urlopen(f"{server.url}{API_PREFIX}/auth/login", data=body, timeout=30)  # noqa: S310
+            statuses.append(200)
+        except urllib.error.HTTPError as error:
+            statuses.append(error.code)
+        seconds.append(time.perf_counter() - started)
+    return statuses, 1000 * statistics.median(seconds)
+
+
+def measure_throttle(project: Server, rounds: int) -> tuple[float, float]:
+    """The project's answer to a guesser (SPEC 5): the median time of a wrong-password login
+    (401, a bcrypt check at cost 12) beside a throttled one (429, no bcrypt check), for an
+    unknown login text, which is counted just like an account. Returns both, in ms."""
+    wrong, throttled = [], []
+    for round_number in range(rounds):
+        username = f"guessed-{round_number}-{secrets.token_hex(4)}"
+        statuses, wrong_ms = time_logins(project, username, LOGIN_MAX_FAILURES)
+        throttled_statuses, throttled_ms = time_logins(project, username, LOGIN_MAX_FAILURES)
+        if set(statuses) != {401} or set(throttled_statuses) != {429}:
+            raise RuntimeError(f"expected 401s then 429s, got {statuses} then {throttled_statuses}")
+        wrong.append(wrong_ms)
+        throttled.append(throttled_ms)
+        print(
+            f"  throttle     project   round {round_number + 1}: {wrong_ms:.1f} ms / {throttled_ms:.1f} ms",
+            file=sys.stderr,
+        )
+    return statistics.median(wrong), statistics.median(throttled)
+
+
 def print_storm_table(storm: dict[str, StormFigures], bcrypt_bound: float | None) -> None:
     """The login storm's figures for both servers: the reads alone and in the storm, and
     the storm's logins/s."""
@@ -680,8 +721,12 @@ def main() -> int:
             )
             results: dict[str, dict[str, Figures]] = {}
             storm: dict[str, StormFigures] = {}
+            throttle: tuple[float, float] | None = None
             checkpw_times: list[float] = []
             for scenario in args.scenarios:
+                if scenario == "throttle":
+                    throttle = measure_throttle(next(s for s in servers if s.name == "project"), args.rounds)
+                    continue
                 if scenario == "login_storm":
                     storm = measure_login_storm(servers, tokens, args.duration, args.rounds, checkpw_times)
                     continue
@@ -705,6 +750,12 @@ def main() -> int:
         print_table(results, bcrypt_bound)
     if storm:
         print_storm_table(storm, bcrypt_bound)
+    if throttle:
+        wrong_ms, throttled_ms = throttle
+        print(
+            f"\nA guesser, one login at a time (project): wrong password {wrong_ms:.1f} ms (401),"
+            f" throttled {throttled_ms:.1f} ms (429, no bcrypt check): {ratio(wrong_ms, throttled_ms):.0f}x"
+        )
     print_targets(results, storm, bcrypt_bound)
     # No login may complete in a short window at 32 connections: only errors count there.
     failed = [
