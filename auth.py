@@ -22,7 +22,7 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import bcrypt
@@ -201,7 +201,7 @@ def create_first_superuser(engine: Engine, settings: Settings) -> None:
 def create_token(user: User, *, token_type: TokenType, settings: Settings) -> str:
     """An access token, or a reset token that also names the address it is mailed to."""
     minutes = settings.ACCESS_TOKEN_EXPIRE_MINUTES if token_type == "access" else settings.RESET_TOKEN_EXPIRE_MINUTES
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     claims = {
         "sub": str(user.id),
         "type": token_type,

@@ -1,8 +1,9 @@
 """Test fixtures shared by every `test_*.py`: a fresh app and database per test.
 
 Patterns shown:
-- An autouse fixture strips environment variables that would change behaviour, so the
-  suite passes the same on any machine, with or without a `.env`.
+- The environment cleaned before the project is imported (no `.env`, no exported setting),
+  and an autouse fixture that strips settings again for each test: the suite passes the
+  same on any machine, and writes nothing into the checkout.
 - Each test gets its own database, built by the production engine function (WAL and
   foreign keys really on): a SQLite file under `tmp_path`, or, when `TEST_DATABASE_URL`
   names a PostgreSQL server, that database emptied first.
@@ -27,15 +28,25 @@ from typing import Any, TypeVar
 
 import httpx2
 import pytest
+from dotenv import dotenv_values
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from config import Settings, load_settings
-from database import create_db_engine
-from main import create_app
-from models import User
-
 TEST_SECRET_KEY = "test-secret-key-long-enough-for-hs512-which-wants-64-bytes-of-key"
+
+# Importing `config` reads the environment and `.env`, and `import main` builds an app on
+# them: so first, neither a developer's `.env` (ENVIRONMENT=production, say) nor a setting
+# they exported may reach the tests, and no development key is written into the checkout.
+os.environ["PYTHON_DOTENV_DISABLED"] = "1"  # python-dotenv's own switch
+for setting in dotenv_values(Path(__file__).with_name(".env.example")):  # lists every setting
+    os.environ.pop(setting, None)
+os.environ["SECRET_KEY"] = TEST_SECRET_KEY
+
+from config import Settings, load_settings  # noqa: E402 (after the environment is cleaned)
+from database import create_db_engine  # noqa: E402
+from main import create_app  # noqa: E402
+from models import User  # noqa: E402
+
 DEFAULT_PASSWORD = "correct horse battery"
 SUPERUSER_EMAIL = "root@example.com"
 SUPERUSER_PASSWORD = "superuser password"

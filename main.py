@@ -32,7 +32,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from auth import (
     BCRYPT_SLOT,
@@ -112,10 +112,7 @@ ACTIVE_SUPERUSERS = select(User.id).where(User.is_superuser, User.is_active)
 def read_page(session: Session, model: type[Row], *conditions: Any, skip: int, limit: int) -> tuple[Sequence[Row], int]:
     """One page of `model` rows ordered by id, and the total count of matching rows."""
     count = session.exec(select(func.count()).select_from(model).where(*conditions)).one()
-    rows = session.exec(select(model).where(*conditions).order_by(model.id).offset(skip).limit(limit)).all()
-    # End the read transaction: the connection goes back to the pool now, rather than
-    # after the page is validated on another thread trip, and closing then costs none.
-    session.commit()
+    rows = session.exec(select(model).where(*conditions).order_by(col(model.id)).offset(skip).limit(limit)).all()
     return rows, count
 
 
@@ -155,7 +152,7 @@ def lock_superusers(session: Session, user: User) -> bool:
     (PostgreSQL: FOR UPDATE), so that two superusers demoting each other take turns."""
     if not (user.is_superuser and user.is_active):
         return False
-    session.exec(ACTIVE_SUPERUSERS.order_by(User.id).with_for_update()).all()
+    session.exec(ACTIVE_SUPERUSERS.order_by(col(User.id)).with_for_update()).all()
     return True
 
 
@@ -372,7 +369,7 @@ def delete_user_me(session: SessionDep, user: CurrentUser) -> None:
 def read_users(session: SessionDep, _: SuperUser, skip: Skip = 0, limit: Limit = 100) -> UsersPublic:
     """Every user, by id (superusers only)."""
     users, count = read_page(session, User, skip=skip, limit=limit)
-    return UsersPublic(data=users, count=count)
+    return UsersPublic.model_validate({"data": users, "count": count})
 
 
 @users_router.get("/{user_id}", response_model=UserPublic, responses=errors(401, 403, 404))
@@ -428,7 +425,7 @@ def read_items(session: SessionDep, user: CurrentUser, skip: Skip = 0, limit: Li
     """The caller's items by id (a superuser's: everyone's)."""
     conditions = [] if user.is_superuser else [Item.owner_id == user.id]
     items, count = read_page(session, Item, *conditions, skip=skip, limit=limit)
-    return ItemsPublic(data=items, count=count)
+    return ItemsPublic.model_validate({"data": items, "count": count})
 
 
 @items_router.get("/{item_id}", response_model=ItemPublic, responses=errors(404))
@@ -488,7 +485,7 @@ def read_notifications(
 ) -> NotificationsPublic:
     """The caller's notifications by id."""
     notifications, count = read_page(session, Notification, Notification.owner_id == user.id, skip=skip, limit=limit)
-    return NotificationsPublic(data=notifications, count=count)
+    return NotificationsPublic.model_validate({"data": notifications, "count": count})
 
 
 @notifications_router.get("/{notification_id}", response_model=NotificationPublic, responses=errors(404))

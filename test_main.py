@@ -4,7 +4,7 @@ Fixtures and helpers come from conftest.py: every test runs on a fresh database.
 """
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bcrypt
@@ -40,7 +40,7 @@ BAD_TOKEN = {"detail": "Could not validate credentials"}
 
 def make_token(settings: Settings, **claims: Any) -> str:
     """A token signed with the app's key, with `claims` over sensible defaults."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     stamp = security_stamp(settings, 1)
     payload = {"sub": "1", "type": "access", "stamp": stamp, "iat": now, "exp": now + timedelta(minutes=5)} | claims
     return jwt.encode({k: v for k, v in payload.items() if v is not None}, settings.SECRET_KEY, algorithm="HS256")
@@ -375,7 +375,7 @@ def test_me_without_token_gets_401_with_bearer_challenge(client: TestClient) -> 
     "bad_token",
     [
         pytest.param(lambda s: "not-a-jwt", id="garbage"),
-        pytest.param(lambda s: make_token(s, exp=datetime.now(timezone.utc) - timedelta(seconds=1)), id="expired"),
+        pytest.param(lambda s: make_token(s, exp=datetime.now(UTC) - timedelta(seconds=1)), id="expired"),
         pytest.param(lambda s: make_token(s)[:-2] + "xx", id="tampered"),
         pytest.param(
             lambda s: jwt.encode(

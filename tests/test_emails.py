@@ -8,7 +8,7 @@ Patterns shown:
 - `TestClient` runs background tasks before it returns, so a notification's status is
   final right after the call that queued it.
 
-Imports: config, models, database, auth, emails, main, conftest, livetest.
+Imports: config, models, database, auth, emails, main, conftest, live_server.
 """
 
 import asyncio
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from config import Settings, load_settings
 from conftest import DEFAULT_PASSWORD, MakeSettings, login, security_stamp, signup
 from database import create_db_engine
 from emails import INTERRUPTED_ERROR, MAIL_CONCURRENCY, send_email
-from livetest import free_port
+from live_server import free_port
 from main import create_app
 from models import Notification, User
 
@@ -731,7 +731,7 @@ def test_reset_password_rejects_a_garbage_token(client: TestClient, user_headers
 def test_reset_password_rejects_an_expired_token(client: TestClient, settings: Settings) -> None:
     """A reset token past its `exp` is a 400."""
     ada = signup(client, "ada")
-    issued = datetime.now(timezone.utc) - timedelta(minutes=settings.RESET_TOKEN_EXPIRE_MINUTES + 1)
+    issued = datetime.now(UTC) - timedelta(minutes=settings.RESET_TOKEN_EXPIRE_MINUTES + 1)
     claims = {
         "sub": str(ada["id"]),
         "type": "reset",
@@ -749,7 +749,7 @@ def test_reset_password_rejects_an_expired_token(client: TestClient, settings: S
 def test_reset_password_rejects_a_token_signed_with_another_key(client: TestClient, settings: Settings) -> None:
     """A well-formed reset token not signed with SECRET_KEY is a 400."""
     ada = signup(client, "ada")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     claims = {
         "sub": str(ada["id"]),
         "type": "reset",
@@ -967,7 +967,7 @@ def test_sending_a_notification_holds_no_database_connection(make_settings: Make
     connection (a slow server must not drain the pool)."""
     port = free_port()
     with TestClient(create_app(smtp_settings(make_settings, port))) as client:
-        mailbox = PoolWatchingMailbox(client.app.state.engine)
+        mailbox = PoolWatchingMailbox(client.app.state.engine)  # type: ignore[attr-defined]
         with smtp_server(mailbox, port=port):
             signup(client, "ada")
             notify(client, login(client, "ada"))

@@ -9,8 +9,7 @@ Holds:
 - `running_server`: `uvicorn main:app` in its own process group, up once its workers
   report start-up and `/health` answers (bounded wait), always stopped on exit (`stop`).
 
-Used by `test_concurrency.py`, `test_operations.py` and `test_emails.py`; fixtures stay in
-those files and in conftest.py.
+Used by the live-server tests in `tests/`; fixtures stay in those files and in conftest.py.
 
 Imports: config.
 """
@@ -31,8 +30,7 @@ import httpx2
 
 from config import Settings
 
-APP_DIR = Path(__file__).parent
-TEST_MODULES = ("conftest.py", "livetest.py")
+APP_DIR = Path(__file__).parent.parent  # the repository root: the application lives there
 SETTING_NAMES = {field.name for field in fields(Settings)} | {"TEST_DATABASE_URL"}
 START_SECONDS = 30
 STOP_SECONDS = 15
@@ -42,7 +40,7 @@ def copy_app(destination: Path) -> Path:
     """Copy the application (modules and migrations) into `destination`, a new directory."""
     destination.mkdir()
     for module in APP_DIR.glob("*.py"):
-        if module.name not in TEST_MODULES and not module.name.startswith("test_"):
+        if module.name != "conftest.py" and not module.name.startswith("test_"):
             shutil.copy(module, destination)
     shutil.copy(APP_DIR / "alembic.ini", destination)
     shutil.copytree(APP_DIR / "alembic", destination / "alembic", ignore=shutil.ignore_patterns("__pycache__"))

@@ -10,7 +10,7 @@ Patterns shown:
 - Everything bounded: request timeouts, polling with a deadline, capped loops. No test
   asserts a duration: a stall shows up as client timeouts or 500s (the pool's timeout).
 
-Imports: auth, conftest, livetest.
+Imports: auth, conftest, live_server.
 """
 
 import asyncio
@@ -32,7 +32,7 @@ from fastapi.testclient import TestClient
 
 from auth import BCRYPT_CONCURRENCY
 from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, login, settings_environ, signup
-from livetest import STOP_SECONDS, Server, copy_app, running_server
+from live_server import STOP_SECONDS, Server, copy_app, running_server
 
 API = "/api/v1"
 # Generous: under load on two cores a request may queue; only a stall takes this long.
@@ -91,7 +91,7 @@ def run_tasks(url: str, tasks: int, task: Callable[[httpx2.AsyncClient, int], Aw
         async with httpx2.AsyncClient(base_url=f"{url}{API}", timeout=REQUEST_SECONDS, limits=limits) as client:
             try:
                 await asyncio.wait_for(asyncio.gather(*(task(client, n) for n in range(tasks))), LOAD_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pytest.fail(f"{tasks} concurrent tasks still running after {LOAD_SECONDS} s: the server stalled")
 
     # The client logs every request at INFO: under load that would cost more than the requests.

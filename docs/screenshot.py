@@ -5,7 +5,7 @@ Debian's headless Chromium through the DevTools protocol over a websocket (no br
 download, no Selenium): real mouse clicks and typing, as a person would. Not part of CI.
 
     apt-get install -y chromium pngquant       # once (pngquant, if there, shrinks the PNG)
-    python .ci/screenshot.py                   # from the repository root, app's venv active
+    python docs/screenshot.py                  # from the repository root, app's venv active
 
 Imports: the standard library and `websockets` (installed with uvicorn[standard]).
 """

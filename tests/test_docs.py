@@ -8,7 +8,7 @@ Patterns shown:
   they work without internet (fastapi-offline serves Swagger UI and ReDoc itself).
 - Every asset URL a page names, and every `url(...)` in its stylesheets, answers 200.
 
-Imports: conftest, livetest, main.
+Imports: conftest, live_server, main.
 """
 
 import json
@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import DEFAULT_PASSWORD, TEST_SECRET_KEY, MakeSettings, signup
-from livetest import child_environ, copy_app
+from live_server import child_environ, copy_app
 from main import create_app
 
 SCRIPT_URL = re.compile(r"""\burl:\s*['"]([^'"]+)['"]""")

@@ -7,9 +7,9 @@ Patterns shown:
 - Pure ASGI calls with a hand-made `receive`, to prove a body is not read whole.
 - Start-up run for real in a subprocess (`python -c "import main"`, `uvicorn main:app`)
   from a copy of the app in `tmp_path`, so no `.secret_key` or `app.db` lands in the
-  repository; servers (livetest.py) are awaited with a bounded loop and always stopped.
+  repository; servers (live_server.py) are awaited with a bounded loop and always stopped.
 
-Imports: config, database, main, middleware, conftest, livetest.
+Imports: config, database, main, middleware, conftest, live_server.
 """
 
 import asyncio
@@ -36,11 +36,11 @@ from starlette.types import Message
 from config import Settings, SettingsError, load_settings, read_or_create_dev_secret_key
 from conftest import DEFAULT_PASSWORD, TEST_SECRET_KEY, MakeSettings, login, run_at_once, signup
 from database import create_db_engine
-from livetest import child_environ, copy_app, free_port, running_server
+from live_server import child_environ, copy_app, free_port, running_server
 from main import MAX_BODY_BYTES, create_app
 from middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 
-APP_DIR = Path(__file__).parent
+REPOSITORY = Path(__file__).parent.parent
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 LISTED_ORIGIN = "https://app.example.com"
 SECRET_KEY_WARNING = "SECRET_KEY is not set"
@@ -199,7 +199,7 @@ def test_422_echoes_at_most_100_characters_of_any_input(client: TestClient, user
 
 def test_env_example_documents_every_setting_with_its_default() -> None:
     """`.env.example` names every setting, and its values are exactly the defaults (SPEC 2)."""
-    documented = dotenv_values(Path(__file__).with_name(".env.example"))
+    documented = dotenv_values(REPOSITORY / ".env.example")
     assert set(documented) == {setting.name for setting in fields(Settings)}
     key = {"SECRET_KEY": TEST_SECRET_KEY}
     defaults = load_settings(key)
@@ -549,7 +549,7 @@ def test_start_up_bad_value_stops_uvicorn_with_one_line(app_dir: Path) -> None:
 
 def test_dev_secret_key_file_is_git_ignored() -> None:
     """`.secret_key` never gets committed."""
-    assert ".secret_key" in (APP_DIR / ".gitignore").read_text().splitlines()
+    assert ".secret_key" in (REPOSITORY / ".gitignore").read_text().splitlines()
 
 
 def test_dev_server_without_secret_key_starts_logs_one_warning_and_logs_to_stderr(app_dir: Path) -> None:
