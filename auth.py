@@ -21,9 +21,10 @@ import hashlib
 import logging
 import math
 import os
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import bcrypt
 import jwt
@@ -35,11 +36,20 @@ from sqlmodel import Session, col, select
 
 from config import Settings, SettingsDep, settings as default_settings
 from database import SessionDep
-from models import MAX_DB_INT, MAX_PASSWORD_BYTES, LoginFailure, User, new_security_stamp, utc_now
+from models import (
+    MAX_DB_INT,
+    MAX_PASSWORD_BYTES,
+    LoginFailure,
+    LoginSession,
+    Token,
+    User,
+    new_security_stamp,
+    utc_now,
+)
 
 logger = logging.getLogger(__name__)
 
-TokenType = Literal["access", "reset"]
+TokenType = Literal["access", "refresh", "reset"]
 
 
 # --- Passwords ----------------------------------------------------------------------
@@ -149,7 +159,8 @@ def clear_login_failures(session: Session, key: str) -> None:
 def set_password(
     session: Session, user: User, new_password: str, rounds: int, *, from_stamp: str | None = None
 ) -> bool:
-    """Store a new hash and a new `security_stamp`, revoking every token issued before.
+    """Store a new hash and a new `security_stamp`, and end every session: every token
+    issued before stops working.
 
     With `from_stamp` (the stamp a reset token carries) it is a compare-and-set: only if
     no token was revoked since, so of two concurrent uses of one reset token only one
@@ -162,7 +173,10 @@ def set_password(
     result = session.exec(
         statement.values(hashed_password=hashed_password, security_stamp=new_security_stamp(), updated_at=utc_now())
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    end_every_session(session, user.id)
+    return True
 
 
 def create_first_superuser(engine: Engine, settings: Settings) -> None:
@@ -195,47 +209,157 @@ def create_first_superuser(engine: Engine, settings: Settings) -> None:
         logger.warning("First superuser not created: another user already has its %s", taken)
 
 
-# --- Tokens -------------------------------------------------------------------------
+# --- Tokens and sessions --------------------------------------------------------------
 
 
-def create_token(user: User, *, token_type: TokenType, settings: Settings) -> str:
-    """An access token, or a reset token that also names the address it is mailed to."""
-    minutes = settings.ACCESS_TOKEN_EXPIRE_MINUTES if token_type == "access" else settings.RESET_TOKEN_EXPIRE_MINUTES
+def create_token(
+    user: User, *, token_type: TokenType, settings: Settings, login_session: LoginSession | None = None
+) -> str:
+    """A signed token of `token_type` for `user`.
+
+    Access and refresh tokens name their session (`sid`); a refresh token also carries the
+    id its session expects next (`jti`), and a reset token the address it is mailed to.
+    """
+    lifetime = {
+        "access": timedelta(minutes=settings.ACCESS_TOKEN_EXPIRE_MINUTES),
+        "refresh": timedelta(days=settings.REFRESH_TOKEN_EXPIRE_DAYS),
+        "reset": timedelta(minutes=settings.RESET_TOKEN_EXPIRE_MINUTES),
+    }[token_type]
     now = datetime.now(UTC)
-    claims = {
-        "sub": str(user.id),
-        "type": token_type,
-        "stamp": user.security_stamp,
-        "iat": now,
-        "exp": now + timedelta(minutes=minutes),
-    }
+    claims = {"sub": str(user.id), "type": token_type, "stamp": user.security_stamp, "iat": now, "exp": now + lifetime}
+    if login_session is not None:
+        claims["sid"] = login_session.id
+    if token_type == "refresh" and login_session is not None:
+        claims["jti"] = login_session.refresh_jti
     if token_type == "reset":
         claims["email"] = user.email
     return jwt.encode(claims, settings.SECRET_KEY, algorithm=settings.ALGORITHM)
 
 
-def user_from_token(session: Session, token: str, *, token_type: TokenType, settings: Settings) -> User | None:
-    """The user a valid, unrevoked token of `token_type` names, else None."""
+def decode_token(token: str, *, token_type: TokenType, settings: Settings) -> dict[str, Any] | None:
+    """The claims of a valid token of `token_type` (`sub` made an int), else None."""
     try:
         # The pinned algorithm list is what refuses `alg: none` and algorithm swaps.
-        claims = jwt.decode(
-            token,
-            settings.SECRET_KEY,
-            algorithms=[settings.ALGORITHM],
-            options={"require": ["exp", "iat", "sub"]},
+        claims: dict[str, Any] = jwt.decode(
+            token, settings.SECRET_KEY, algorithms=[settings.ALGORITHM], options={"require": ["exp", "iat", "sub"]}
         )
-        user_id = int(claims["sub"])
+        claims["sub"] = int(claims["sub"])
     except (jwt.InvalidTokenError, ValueError):
         return None
-    if claims.get("type") != token_type or not 1 <= user_id <= MAX_DB_INT:
+    if claims.get("type") != token_type or not 1 <= claims["sub"] <= MAX_DB_INT:
         return None
-    user = session.get(User, user_id)
+    if token_type != "reset" and not isinstance(claims.get("sid"), int):
+        return None
+    return claims
+
+
+def user_from_access_token(session: Session, token: str, settings: Settings) -> User | None:
+    """The user of a valid access token whose session is still open, else None: the user
+    and the session are read in one query."""
+    claims = decode_token(token, token_type="access", settings=settings)
+    if claims is None:
+        return None
+    statement = (
+        select(User)
+        .join(LoginSession, col(LoginSession.user_id) == col(User.id))
+        .where(col(User.id) == claims["sub"], col(LoginSession.id) == claims["sid"])
+        .where(col(LoginSession.expires_at) > utc_now())
+    )
+    user: User | None = session.exec(statement).first()
+    if user is None or claims.get("stamp") != user.security_stamp:
+        return None
+    return user
+
+
+def user_from_reset_token(session: Session, token: str, settings: Settings) -> User | None:
+    """The user of a valid, unused reset token, else None."""
+    claims = decode_token(token, token_type="reset", settings=settings)
+    if claims is None:
+        return None
+    user = session.get(User, claims["sub"])
     if user is None or claims.get("stamp") != user.security_stamp:
         return None
     # A reset token works only for the address it was mailed to (SPEC 5).
-    if token_type == "reset" and claims.get("email") != user.email:
+    if claims.get("email") != user.email:
         return None
     return user
+
+
+def issue_tokens(user: User, login_session: LoginSession, settings: Settings) -> Token:
+    """The access and refresh tokens of `login_session`, as login and refresh return them."""
+    return Token(
+        access_token=create_token(user, token_type="access", settings=settings, login_session=login_session),
+        refresh_token=create_token(user, token_type="refresh", settings=settings, login_session=login_session),
+        expires_in=settings.ACCESS_TOKEN_EXPIRE_MINUTES * 60,
+    )
+
+
+def start_session(session: Session, user: User, settings: Settings) -> Token:
+    """A new session for `user` (a login), and its tokens. Expired sessions, anyone's,
+    are deleted on the way, so the table does not grow without bound."""
+    now = utc_now()
+    session.exec(delete(LoginSession).where(col(LoginSession.expires_at) <= now))
+    login_session = LoginSession(
+        user_id=user.id,
+        refresh_jti=secrets.token_hex(16),
+        expires_at=now + timedelta(days=settings.REFRESH_TOKEN_EXPIRE_DAYS),
+    )
+    session.add(login_session)
+    session.commit()
+    return issue_tokens(user, login_session, settings)
+
+
+def rotate_session(session: Session, refresh_token: str, settings: Settings) -> Token | None:
+    """Use up `refresh_token` and return a new pair of its session, else None.
+
+    A compare-and-set on the session's `refresh_jti`: of two requests racing with one
+    refresh token, exactly one succeeds. A refresh token that no longer matches was used
+    before: treated as stolen, its whole session ends (SPEC 5).
+    """
+    claims = decode_token(refresh_token, token_type="refresh", settings=settings)
+    user = None if claims is None else session.get(User, claims["sub"])
+    if claims is None or user is None or not user.is_active:
+        return None
+    now = utc_now()
+    # Kept in memory for the new tokens: the row may be gone by the time they are signed
+    # (a racing reuse ends the session), and the race is settled by then anyway.
+    rotated_session = LoginSession(
+        id=claims["sid"],
+        user_id=user.id,
+        refresh_jti=secrets.token_hex(16),
+        expires_at=now + timedelta(days=settings.REFRESH_TOKEN_EXPIRE_DAYS),
+    )
+    rotated = session.exec(
+        update(LoginSession)
+        .where(col(LoginSession.id) == claims["sid"], col(LoginSession.user_id) == user.id)
+        .where(col(LoginSession.refresh_jti) == claims.get("jti"), col(LoginSession.expires_at) > now)
+        .values(refresh_jti=rotated_session.refresh_jti, expires_at=rotated_session.expires_at)
+    )
+    if rotated.rowcount != 1:
+        session.exec(delete(LoginSession).where(col(LoginSession.id) == claims["sid"]))
+        session.commit()
+        return None
+    session.commit()
+    return issue_tokens(user, rotated_session, settings)
+
+
+def end_session(session: Session, refresh_token: str, settings: Settings) -> bool:
+    """Logout: end the session of `refresh_token`. False if the token is not valid; a used
+    one still ends its session, as a reuse would."""
+    claims = decode_token(refresh_token, token_type="refresh", settings=settings)
+    if claims is None:
+        return False
+    this_session = col(LoginSession.id) == claims["sid"]
+    current = session.exec(delete(LoginSession).where(this_session, col(LoginSession.refresh_jti) == claims.get("jti")))
+    if current.rowcount != 1:
+        session.exec(delete(LoginSession).where(this_session))
+    session.commit()
+    return current.rowcount == 1
+
+
+def end_every_session(session: Session, user_id: int) -> None:
+    """Logout everywhere: every session of the user ends, and so do its tokens. The caller commits."""
+    session.exec(delete(LoginSession).where(col(LoginSession.user_id) == user_id))
 
 
 # --- Dependencies -------------------------------------------------------------------
@@ -247,8 +371,8 @@ def user_from_token(session: Session, token: str, *, token_type: TokenType, sett
 # check per core. So a burst of logins (a workshop at 9:00, a guessing script) queues
 # behind itself while every other request keeps the threads and sessions it needs
 # (SPEC 5). bench/ on 2 cores, reads during 8 clients logging in: one slot per core kept
-# 0.73 of their req/s and gave 0.6 of the bcrypt bound in logins; half a slot per core kept
-# all the reads but gave only 0.33 in logins.
+# 0.68 of their req/s and gave 0.59 of the bcrypt bound in logins; half a slot per core kept
+# all the reads but gave only 0.33 in logins (bench/README.md).
 BCRYPT_CONCURRENCY = os.cpu_count() or 1
 
 
@@ -273,7 +397,7 @@ TokenDep = Annotated[str, Depends(oauth2_scheme)]
 
 
 def get_current_user(session: SessionDep, settings: SettingsDep, token: TokenDep) -> User:
-    user = user_from_token(session, token, token_type="access", settings=settings)
+    user = user_from_access_token(session, token, settings)
     if user is None:
         raise credentials_error()
     if not user.is_active:

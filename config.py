@@ -54,6 +54,7 @@ class Settings:
     SECRET_KEY: str = field(default="", repr=False)
     ALGORITHM: str = "HS256"
     ACCESS_TOKEN_EXPIRE_MINUTES: int = 30
+    REFRESH_TOKEN_EXPIRE_DAYS: int = 14
     RESET_TOKEN_EXPIRE_MINUTES: int = 15
     BACKEND_CORS_ORIGINS: tuple[str, ...] = ()
     FIRST_SUPERUSER_EMAIL: str = ""
@@ -208,6 +209,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         ALGORITHM=_choice(environ, "ALGORITHM", Settings.ALGORITHM, ALLOWED_ALGORITHMS),
         ACCESS_TOKEN_EXPIRE_MINUTES=_integer(
             environ, "ACCESS_TOKEN_EXPIRE_MINUTES", Settings.ACCESS_TOKEN_EXPIRE_MINUTES, 1, 525_600
+        ),
+        REFRESH_TOKEN_EXPIRE_DAYS=_integer(
+            environ, "REFRESH_TOKEN_EXPIRE_DAYS", Settings.REFRESH_TOKEN_EXPIRE_DAYS, 1, 3650
         ),
         RESET_TOKEN_EXPIRE_MINUTES=_integer(
             environ, "RESET_TOKEN_EXPIRE_MINUTES", Settings.RESET_TOKEN_EXPIRE_MINUTES, 1, 10_080

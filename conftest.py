@@ -30,7 +30,7 @@ import httpx2
 import pytest
 from dotenv import dotenv_values
 from fastapi.testclient import TestClient
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 TEST_SECRET_KEY = "test-secret-key-long-enough-for-hs512-which-wants-64-bytes-of-key"
 
@@ -45,7 +45,7 @@ os.environ["SECRET_KEY"] = TEST_SECRET_KEY
 from config import Settings, load_settings  # noqa: E402 (after the environment is cleaned)
 from database import create_db_engine  # noqa: E402
 from main import create_app  # noqa: E402
-from models import User  # noqa: E402
+from models import LoginSession, User  # noqa: E402
 
 DEFAULT_PASSWORD = "correct horse battery"
 SUPERUSER_EMAIL = "root@example.com"
@@ -122,6 +122,18 @@ def security_stamp(settings: Settings, user_id: int) -> str:
         stamp = user.security_stamp
     engine.dispose()
     return stamp
+
+
+def newest_session_id(settings: Settings, user_id: int) -> int:
+    """The id of the user's newest session (their last login): what their tokens name."""
+    engine = create_db_engine(settings.DATABASE_URL)
+    with Session(engine) as session:
+        newest = session.exec(
+            select(LoginSession.id).where(LoginSession.user_id == user_id).order_by(col(LoginSession.id).desc())
+        ).first()
+    engine.dispose()
+    assert newest is not None, "the user has no session: log in first"
+    return newest
 
 
 def signup(client: httpx2.Client, username: str = "ada", **fields: Any) -> dict[str, Any]:

@@ -41,15 +41,18 @@ from auth import (
     authenticate,
     clear_login_failures,
     create_first_superuser,
-    create_token,
     credentials_error,
+    end_every_session,
+    end_session,
     find_login_user,
     hash_password,
     login_key,
     login_retry_after,
     record_login_failure,
+    rotate_session,
     set_password,
-    user_from_token,
+    start_session,
+    user_from_reset_token,
     verify_password,
 )
 from config import Settings, SettingsDep, settings as default_settings
@@ -82,6 +85,7 @@ from models import (
     NotificationsPublic,
     PasswordRecovery,
     PasswordReset,
+    RefreshRequest,
     Token,
     UpdatePassword,
     User,
@@ -264,10 +268,30 @@ def login(session: SessionDep, settings: SettingsDep, form: Annotated[OAuth2Pass
     clear_login_failures(session, key)
     if not user.is_active:
         raise HTTPException(status_code=403, detail="Inactive user")
-    return Token(
-        access_token=create_token(user, token_type="access", settings=settings),
-        expires_in=settings.ACCESS_TOKEN_EXPIRE_MINUTES * 60,
-    )
+    return start_session(session, user, settings)
+
+
+@auth_router.post("/refresh", response_model=Token, responses=errors(400, 401, 413))
+def refresh_access_token(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> Token:
+    """Trade a refresh token for a new access and refresh token; the one sent is used up."""
+    tokens = rotate_session(session, body.refresh_token, settings)
+    if tokens is None:
+        raise credentials_error()
+    return tokens
+
+
+@auth_router.post("/logout", status_code=204, responses=errors(400, 401, 413))
+def logout(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> None:
+    """End this session: its refresh token and its access tokens stop working at once."""
+    if not end_session(session, body.refresh_token, settings):
+        raise credentials_error()
+
+
+@auth_router.post("/logout-all", status_code=204, responses=errors(401, 403))
+def logout_all(session: SessionDep, user: CurrentUser) -> None:
+    """End every session of the caller, on every device."""
+    end_every_session(session, user.id)
+    session.commit()
 
 
 @auth_router.post(
@@ -284,7 +308,7 @@ def recover_password(
 @auth_router.post("/reset-password", response_model=Message, responses=errors(400, 413), dependencies=[BCRYPT_SLOT])
 def reset_password(body: PasswordReset, session: SessionDep, settings: SettingsDep) -> Message:
     """Set a new password with a reset token; the token works once."""
-    user = user_from_token(session, body.token, token_type="reset", settings=settings)
+    user = user_from_reset_token(session, body.token, settings)
     if (
         user is None
         or not user.is_active
@@ -394,8 +418,9 @@ def update_user(user_id: RowId, body: UserUpdate, session: SessionDep, settings:
     user = get_user_or_404(session, user_id)
     was_superuser = lock_superusers(session, user)
     if "hashed_password" in changes or (user.is_active and changes.get("is_active") is False):
-        # A new password or a deactivation ends every token the user has (SPEC 5).
+        # A new password or a deactivation ends every token and session the user has (SPEC 5).
         changes["security_stamp"] = new_security_stamp()
+        end_every_session(session, user.id)
     update_user_fields(session, user, changes)
     save_user(session, user, keep_a_superuser=was_superuser)
     return user

@@ -290,11 +290,30 @@ class LoginFailure(SQLModel, table=True):
     failed_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime, index=True)
 
 
-# Body of a successful login
+# A session: one per login (SPEC 5), what its refresh token and access tokens name, so
+# that logout can end it. Ended sessions are deleted at once, expired ones as new logins
+# come in; a deleted user's go with the user.
+class LoginSession(SQLModel, table=True):
+    __table_args__ = NEVER_REUSE_IDS  # an old token's session id never names a new session
+    id: int = Field(default=None, primary_key=True, sa_type=BigId)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)
+    # The id of the one refresh token that may be used next: each use replaces it.
+    refresh_jti: str = Field(max_length=32)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+# Body of a successful login or refresh
 class Token(SQLModel):
     access_token: str
     token_type: str = "bearer"
-    expires_in: int = Field(description="Seconds until the token expires")
+    expires_in: int = Field(description="Seconds until the access token expires")
+    refresh_token: str = Field(description="Trade it at POST /auth/refresh for a new pair, once")
+
+
+# Body of POST /auth/refresh and POST /auth/logout
+class RefreshRequest(SQLModel):
+    refresh_token: str = Field(max_length=4096)
 
 
 class PasswordRecovery(SQLModel):

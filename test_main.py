@@ -23,6 +23,7 @@ from conftest import (
     SUPERUSER_PASSWORD,
     MakeSettings,
     login,
+    newest_session_id,
     run_at_once,
     security_stamp,
     signup,
@@ -39,10 +40,11 @@ BAD_TOKEN = {"detail": "Could not validate credentials"}
 
 
 def make_token(settings: Settings, **claims: Any) -> str:
-    """A token signed with the app's key, with `claims` over sensible defaults."""
+    """A token signed with the app's key, with `claims` over sensible defaults: an access
+    token of the superuser (id 1) in their newest session."""
     now = datetime.now(UTC)
-    stamp = security_stamp(settings, 1)
-    payload = {"sub": "1", "type": "access", "stamp": stamp, "iat": now, "exp": now + timedelta(minutes=5)} | claims
+    live = {"stamp": security_stamp(settings, 1), "sid": newest_session_id(settings, 1)}
+    payload = {"sub": "1", "type": "access", "iat": now, "exp": now + timedelta(minutes=5)} | live | claims
     return jwt.encode({k: v for k, v in payload.items() if v is not None}, settings.SECRET_KEY, algorithm="HS256")
 
 
@@ -252,7 +254,7 @@ def test_login_with_username_returns_a_bearer_token(client: TestClient) -> None:
     response = client.post(f"{API}/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token"}
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == 30 * 60 and type(body["expires_in"]) is int
 
@@ -379,19 +381,31 @@ def test_me_without_token_gets_401_with_bearer_challenge(client: TestClient) -> 
         pytest.param(lambda s: make_token(s)[:-2] + "xx", id="tampered"),
         pytest.param(
             lambda s: jwt.encode(
-                {"sub": "1", "type": "access", "stamp": security_stamp(s, 1)}, key="", algorithm="none"
+                {"sub": "1", "type": "access", "stamp": security_stamp(s, 1), "sid": newest_session_id(s, 1)},
+                key="",
+                algorithm="none",
             ),
             id="alg-none",
         ),
         pytest.param(
             lambda s: jwt.encode(
-                {"sub": "1", "type": "access", "stamp": security_stamp(s, 1), "exp": 9999999999, "iat": 1},
+                {
+                    "sub": "1",
+                    "type": "access",
+                    "stamp": security_stamp(s, 1),
+                    "sid": newest_session_id(s, 1),
+                    "exp": 9999999999,
+                    "iat": 1,
+                },
                 s.SECRET_KEY,
                 algorithm="HS512",
             ),
             id="other-algorithm",
         ),
         pytest.param(lambda s: make_token(s, type="reset"), id="reset-type"),
+        pytest.param(lambda s: make_token(s, type="refresh"), id="refresh-type"),
+        pytest.param(lambda s: make_token(s, sid=None), id="no-session"),
+        pytest.param(lambda s: make_token(s, sid=newest_session_id(s, 1) + 1), id="other-session"),
         pytest.param(lambda s: make_token(s, type=None), id="no-type"),
         pytest.param(lambda s: make_token(s, exp=None), id="no-exp"),
         pytest.param(lambda s: make_token(s, sub=None), id="no-sub"),
@@ -400,7 +414,14 @@ def test_me_without_token_gets_401_with_bearer_challenge(client: TestClient) -> 
         pytest.param(lambda s: make_token(s, stamp="0" * 32), id="revoked-stamp"),
         pytest.param(
             lambda s: jwt.encode(
-                {"sub": "1", "type": "access", "stamp": security_stamp(s, 1), "exp": 9999999999, "iat": 1},
+                {
+                    "sub": "1",
+                    "type": "access",
+                    "stamp": security_stamp(s, 1),
+                    "sid": newest_session_id(s, 1),
+                    "exp": 9999999999,
+                    "iat": 1,
+                },
                 "another key long enough for hs256!",
                 algorithm="HS256",
             ),
@@ -420,6 +441,7 @@ def test_bad_access_token_gets_401(client: TestClient, settings: Settings, bad_t
 
 def test_token_crafted_with_the_right_claims_is_accepted(client: TestClient, settings: Settings) -> None:
     """The control for the table above: the same helper with no change passes."""
+    login(client, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
     response = client.get(f"{API}/users/me", headers=bearer(make_token(settings)))
     assert response.status_code == 200, response.text
     assert response.json()["email"] == SUPERUSER_EMAIL

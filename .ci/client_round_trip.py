@@ -14,10 +14,19 @@ from datetime import timedelta
 from typing import TypeVar
 
 from reference_api_client import AuthenticatedClient, Client
-from reference_api_client.api.auth import auth_login
+from reference_api_client.api.auth import auth_login, auth_logout, auth_refresh_access_token
 from reference_api_client.api.items import items_create_item, items_read_items
 from reference_api_client.api.users import users_create_user, users_read_user_me
-from reference_api_client.models import ItemCreate, ItemPublic, ItemsPublic, LoginForm, Token, UserCreate, UserPublic
+from reference_api_client.models import (
+    BodyAuthLogin,
+    ItemCreate,
+    ItemPublic,
+    ItemsPublic,
+    RefreshRequest,
+    Token,
+    UserCreate,
+    UserPublic,
+)
 
 Expected = TypeVar("Expected")
 
@@ -44,9 +53,14 @@ def round_trip(base_url: str) -> None:
         check(user.created_at.utcoffset() == timedelta(0), "sign up: created_at is UTC")
         print(f"signed up {user.username} (id {user.id})")
 
-        token = expect(Token, auth_login.sync(client=client, body=LoginForm(username, password)), "log in")
-        check(token.token_type == "bearer" and token.expires_in > 0, "log in")
-        print(f"logged in: {token.token_type} token, expires in {token.expires_in} s")
+        login = BodyAuthLogin(username=username, password=password)
+        first = expect(Token, auth_login.sync(client=client, body=login), "log in")
+        check(first.token_type == "bearer" and first.expires_in > 0 and bool(first.refresh_token), "log in")
+        print(f"logged in: {first.token_type} token, expires in {first.expires_in} s")
+        body = RefreshRequest(refresh_token=first.refresh_token)
+        token = expect(Token, auth_refresh_access_token.sync(client=client, body=body), "refresh")
+        check(token.refresh_token != first.refresh_token, "refresh: a new refresh token")
+        print("refreshed: a new pair")
 
     with AuthenticatedClient(base_url=base_url, token=token.access_token, raise_on_unexpected_status=True) as client:
         me = expect(UserPublic, users_read_user_me.sync(client=client), "read /users/me")
@@ -66,6 +80,13 @@ def round_trip(base_url: str) -> None:
         check([item.id for item in page.data] == created, "list items: own items, by id")
         check([item.title for item in page.data] == titles, "list items: titles")
         print(f"listed {page.count} items: {[item.id for item in page.data]}")
+
+    with Client(base_url=base_url) as client:
+        response = auth_logout.sync_detailed(client=client, body=RefreshRequest(refresh_token=token.refresh_token))
+        check(response.status_code == 204, "log out")
+        gone = auth_refresh_access_token.sync_detailed(client=client, body=RefreshRequest(token.refresh_token))
+        check(gone.status_code == 401, "log out: the session is over")
+        print("logged out: the refresh token is refused")
     print("client round trip passed")
 
 

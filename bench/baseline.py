@@ -15,7 +15,7 @@ with bench/ on PYTHONPATH, and `DATABASE_URL` and `SECRET_KEY` in the environmen
 
 import os
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import bcrypt
@@ -25,7 +25,7 @@ from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from sqlalchemy import event
 from sqlmodel import Session, SQLModel, create_engine, func, select
 
-from models import Item, ItemCreate, ItemPublic, ItemsPublic, Token, User, UserPublic
+from models import Item, ItemCreate, ItemPublic, ItemsPublic, User, UserPublic
 
 DATABASE_URL = os.environ["DATABASE_URL"]
 SECRET_KEY = os.environ["SECRET_KEY"]
@@ -47,6 +47,15 @@ else:
     engine = create_engine(DATABASE_URL)
 
 SQLModel.metadata.create_all(engine)
+
+
+class Token(SQLModel):
+    """A tutorial app's login answer: an access token, no session."""
+
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
 
 app = FastAPI()
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login")
@@ -83,7 +92,7 @@ def login(
     user = session.exec(select(User).where(User.username == form.username)).first()
     if user is None or not bcrypt.checkpw(form.password.encode(), user.hashed_password.encode()):
         raise HTTPException(status_code=401, detail="Incorrect username or password")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     claims = {"sub": str(user.id), "iat": now, "exp": now + timedelta(minutes=30)}
     return Token(access_token=jwt.encode(claims, SECRET_KEY, algorithm=ALGORITHM), expires_in=1800)
 

@@ -10,6 +10,7 @@ Usage, from anywhere, with the project's dependencies installed:
     python bench/run.py --workers 2
     python bench/run.py --database-url postgresql+psycopg://user:pw@localhost/bench
     python bench/run.py --project-env LOG_LEVEL=WARNING   # try a setting on the project
+    python bench/run.py --against /tmp/old --scenarios me # A/B: this tree against another version
 
 It needs wrk (Debian: `apt-get install wrk`) and installs nothing: without wrk it says
 so and exits with status 2.
@@ -184,6 +185,12 @@ def parse_args() -> argparse.Namespace:
         "--project-env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the project server only"
     )
     parser.add_argument("--project-dir", type=Path, default=REPO_DIR, help="the project tree to serve (default: here)")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="an A/B of two versions in one run: serve DIR's main:app as the 'baseline' (e.g. a git archive)",
+    )
     args = parser.parse_args()
     args.duration = min(args.duration or (2 if args.short else 10), MAX_RUN_SECONDS)
     args.rounds = args.rounds or (1 if args.short else 2)
@@ -695,20 +702,23 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp_dir = Path(tmp)
-        # name -> (ASGI app, extra environment); the baseline imports models.py from project_dir.
+        # name -> (ASGI app, its directory, extra environment); the naive baseline imports
+        # models.py from project_dir, an --against version runs from its own tree.
         apps = {
-            "project": ("main:app", project_env),
-            "baseline": ("baseline:app", {"PYTHONPATH": str(BENCH_DIR)}),
+            "project": ("main:app", project_dir, project_env),
+            "baseline": ("baseline:app", project_dir, {"PYTHONPATH": str(BENCH_DIR)}),
         }
+        if args.against:
+            apps["baseline"] = ("main:app", args.against.resolve(), project_env)
         servers: list[Server] = []
         try:
             # One after the other: on a shared database the project's migrations run first.
-            for name, (app, extra_env) in apps.items():
+            for name, (app, app_dir, extra_env) in apps.items():
                 database_url = args.database_url or f"sqlite:///{tmp_dir / name}.db"
-                if name == "baseline":
+                if app == "baseline:app":
                     create_baseline_tables(database_url)
                 env = server_env(database_url, secret_key, extra_env)
-                server = Server(name, app, project_dir, env, args.workers, tmp_dir / f"{name}.log")
+                server = Server(name, app, app_dir, env, args.workers, tmp_dir / f"{name}.log")
                 servers.append(server)
                 server.wait_ready()
                 seed_database(database_url)

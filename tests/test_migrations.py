@@ -5,7 +5,6 @@ Each test gets the empty database of conftest.py's `database_url` fixture.
 
 import warnings
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from functools import partial
 
 import pytest
@@ -26,7 +25,7 @@ from database import ALEMBIC_INI, create_db_engine, migrate_database, migration_
 from main import create_app
 from models import Item, Notification, User
 
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
+NOW = "2026-01-01 00:00:00"  # as text: sqlite3 deprecates adapting datetimes (Python 3.12+)
 
 
 def insert_0001_user(connection: Connection, user_id: int, hashed_password: str) -> None:

@@ -485,6 +485,7 @@ MORE_BAD_SETTINGS = [
     ),
     ({"FIRST_SUPERUSER_EMAIL": "not-an-email"}, "FIRST_SUPERUSER_EMAIL must be an email address, got 'not-an-email'"),
     ({"LOGIN_MAX_FAILURES": "0"}, "LOGIN_MAX_FAILURES must be an integer from 1 to 1000, got '0'"),
+    ({"REFRESH_TOKEN_EXPIRE_DAYS": "0"}, "REFRESH_TOKEN_EXPIRE_DAYS must be an integer from 1 to 3650, got '0'"),
     ({"LOGIN_LOCKOUT_MINUTES": "soon"}, "LOGIN_LOCKOUT_MINUTES must be an integer from 1 to 10080, got 'soon'"),
     ({"NOTIFICATIONS_PER_HOUR": "-1"}, "NOTIFICATIONS_PER_HOUR must be an integer from 1 to 100000, got '-1'"),
     ({"RECOVERY_EMAILS_PER_HOUR": "1e3"}, "RECOVERY_EMAILS_PER_HOUR must be an integer from 1 to 1000, got '1e3'"),
