@@ -9,6 +9,7 @@ Patterns shown:
   names a PostgreSQL server, that database emptied first.
 - The app comes from `create_app(settings)` with test settings (`BCRYPT_ROUNDS=4` keeps
   the suite fast), entered with `with TestClient(app)` so the lifespan runs.
+- `bcrypt_checks`: the bcrypt checks a request spent, counted where bcrypt is called.
 - Small helpers (`signup`, `login`) return what tests need next; they take any client,
   a `TestClient` or an `httpx2.Client` on a live server (`base_url` its root).
 - `run_at_once`: calls released together by a barrier, for races (workers starting).
@@ -26,6 +27,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+import bcrypt
 import httpx2
 import pytest
 from dotenv import dotenv_values
@@ -163,6 +165,20 @@ def user_headers_fixture(client: TestClient) -> dict[str, str]:
 def superuser_headers_fixture(client: TestClient) -> dict[str, str]:
     """Headers of the first superuser, created at start-up from the settings."""
     return login(client, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+
+
+@pytest.fixture(name="bcrypt_checks")
+def bcrypt_checks_fixture(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The cost prefix (`b"$2b$04$"`) of every bcrypt check from here on, in order."""
+    checks: list[bytes] = []
+    checkpw = bcrypt.checkpw
+
+    def counting_checkpw(password: bytes, hashed_password: bytes) -> bool:
+        checks.append(hashed_password[:7])
+        return checkpw(password, hashed_password)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting_checkpw)
+    return checks
 
 
 Result = TypeVar("Result")
