@@ -9,6 +9,7 @@ Patterns shown:
   `tag-function_name` for generated clients.
 - Sync `def` endpoints on `SessionDep`, `CurrentUser`, `SuperUser`; fetch-or-fail helpers;
   `response_model` and `status_code` in the decorator; background tasks for email.
+- `dependencies=[BCRYPT_SLOT]`, `[MAIL_SLOT]`: FastAPI's `max_concurrency` bounds costly routes.
 - A 422 handler with FastAPI's body shape that survives any input.
 - The async rule, stated above the routers: `def` wherever anything blocks.
 

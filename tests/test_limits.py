@@ -6,7 +6,7 @@ Patterns shown:
   later" sets the stored timestamps back.
 - Two app instances on one database stand for two workers; a third for a restart.
 
-Imports: config, models, conftest, main.
+Imports: models, conftest, main.
 """
 
 from datetime import timedelta
