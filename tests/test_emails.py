@@ -234,6 +234,18 @@ def request_reset_token(client: TestClient, caplog: pytest.LogCaptureFixture, em
     return reset_token_from(caplog.text)
 
 
+def reset_claims(settings: Settings, user: dict[str, Any], issued: datetime) -> dict[str, Any]:
+    """The claims of `user`'s reset token issued at `issued`, as the app writes them."""
+    return {
+        "sub": str(user["id"]),
+        "type": "reset",
+        "stamp": security_stamp(settings, user["id"]),
+        "email": user["email"],
+        "iat": issued,
+        "exp": issued + timedelta(minutes=settings.RESET_TOKEN_EXPIRE_MINUTES),
+    }
+
+
 def reset_body(token: str, new_password: str = NEW_PASSWORD) -> dict[str, str]:
     """The body of POST /auth/reset-password."""
     return {"token": token, "new_password": new_password}
@@ -732,15 +744,7 @@ def test_reset_password_rejects_an_expired_token(client: TestClient, settings: S
     """A reset token past its `exp` is a 400."""
     ada = signup(client, "ada")
     issued = datetime.now(UTC) - timedelta(minutes=settings.RESET_TOKEN_EXPIRE_MINUTES + 1)
-    claims = {
-        "sub": str(ada["id"]),
-        "type": "reset",
-        "stamp": security_stamp(settings, ada["id"]),
-        "email": ada["email"],
-        "iat": issued,
-        "exp": issued + timedelta(minutes=settings.RESET_TOKEN_EXPIRE_MINUTES),
-    }
-    expired = jwt.encode(claims, settings.SECRET_KEY, algorithm=settings.ALGORITHM)
+    expired = jwt.encode(reset_claims(settings, ada, issued), settings.SECRET_KEY, algorithm=settings.ALGORITHM)
 
     assert_reset_refused(client, expired)
     login(client, "ada")
@@ -749,15 +753,7 @@ def test_reset_password_rejects_an_expired_token(client: TestClient, settings: S
 def test_reset_password_rejects_a_token_signed_with_another_key(client: TestClient, settings: Settings) -> None:
     """A well-formed reset token not signed with SECRET_KEY is a 400."""
     ada = signup(client, "ada")
-    now = datetime.now(UTC)
-    claims = {
-        "sub": str(ada["id"]),
-        "type": "reset",
-        "stamp": security_stamp(settings, ada["id"]),
-        "email": ada["email"],
-        "iat": now,
-        "exp": now + timedelta(minutes=5),
-    }
+    claims = reset_claims(settings, ada, datetime.now(UTC))
     forged = jwt.encode(claims, "another-secret-key-that-is-long-enough-for-hs256", algorithm=settings.ALGORITHM)
 
     assert_reset_refused(client, forged)
