@@ -151,9 +151,9 @@ def record_login_failure(session: Session, key: str, settings: Settings) -> None
 
 
 def clear_login_failures(session: Session, key: str) -> None:
-    """A successful login: `key` starts again from no failure."""
+    """A successful login: `key` starts again from no failure. The caller commits (with
+    the new session, in one transaction)."""
     session.exec(delete(LoginFailure).where(col(LoginFailure.login_key) == key))
-    session.commit()
 
 
 def set_password(

@@ -266,10 +266,10 @@ def login(session: SessionDep, settings: SettingsDep, form: Annotated[OAuth2Pass
         record_login_failure(session, key, settings)
         # Same status and body for an unknown user and a wrong password (SPEC 4).
         raise credentials_error("Incorrect username or password")
-    clear_login_failures(session, key)
     if not user.is_active:
         raise HTTPException(status_code=403, detail="Inactive user")
-    return start_session(session, user, settings)
+    clear_login_failures(session, key)
+    return start_session(session, user, settings)  # commits both
 
 
 @auth_router.post("/refresh", response_model=Token, responses=errors(400, 401, 413))
