@@ -294,16 +294,20 @@ def issue_tokens(user: User, login_session: LoginSession, settings: Settings) ->
     )
 
 
+def next_refresh(settings: Settings) -> dict[str, Any]:
+    """What a login or a refresh gives its session: the id of the one refresh token that may
+    be used next, and REFRESH_TOKEN_EXPIRE_DAYS from now to use it."""
+    return {
+        "refresh_jti": secrets.token_hex(16),
+        "expires_at": utc_now() + timedelta(days=settings.REFRESH_TOKEN_EXPIRE_DAYS),
+    }
+
+
 def start_session(session: Session, user: User, settings: Settings) -> Token:
     """A new session for `user` (a login), and its tokens. Expired sessions, anyone's,
     are deleted on the way, so the table does not grow without bound."""
-    now = utc_now()
-    session.exec(delete(LoginSession).where(col(LoginSession.expires_at) <= now))
-    login_session = LoginSession(
-        user_id=user.id,
-        refresh_jti=secrets.token_hex(16),
-        expires_at=now + timedelta(days=settings.REFRESH_TOKEN_EXPIRE_DAYS),
-    )
+    session.exec(delete(LoginSession).where(col(LoginSession.expires_at) <= utc_now()))
+    login_session = LoginSession(user_id=user.id, **next_refresh(settings))
     session.add(login_session)
     session.commit()
     return issue_tokens(user, login_session, settings)
@@ -320,27 +324,21 @@ def rotate_session(session: Session, refresh_token: str, settings: Settings) -> 
     user = None if claims is None else session.get(User, claims["sub"])
     if claims is None or user is None or not user.is_active:
         return None
-    now = utc_now()
-    # Kept in memory for the new tokens: the row may be gone by the time they are signed
-    # (a racing reuse ends the session), and the race is settled by then anyway.
-    rotated_session = LoginSession(
-        id=claims["sid"],
-        user_id=user.id,
-        refresh_jti=secrets.token_hex(16),
-        expires_at=now + timedelta(days=settings.REFRESH_TOKEN_EXPIRE_DAYS),
-    )
+    refreshed = next_refresh(settings)
     rotated = session.exec(
         update(LoginSession)
         .where(col(LoginSession.id) == claims["sid"], col(LoginSession.user_id) == user.id)
-        .where(col(LoginSession.refresh_jti) == claims.get("jti"), col(LoginSession.expires_at) > now)
-        .values(refresh_jti=rotated_session.refresh_jti, expires_at=rotated_session.expires_at)
+        .where(col(LoginSession.refresh_jti) == claims.get("jti"), col(LoginSession.expires_at) > utc_now())
+        .values(**refreshed)
     )
     if rotated.rowcount != 1:
         session.exec(delete(LoginSession).where(col(LoginSession.id) == claims["sid"]))
         session.commit()
         return None
     session.commit()
-    return issue_tokens(user, rotated_session, settings)
+    # Signed from what was written, not a reload: a racing reuse may have ended the session
+    # since, and the race is settled by then anyway.
+    return issue_tokens(user, LoginSession(id=claims["sid"], user_id=user.id, **refreshed), settings)
 
 
 def end_session(session: Session, refresh_token: str, settings: Settings) -> bool:

@@ -152,8 +152,8 @@ def send_notification(engine: Engine, settings: Settings, notification_id: int, 
     except Exception as error:  # any failure is the notification's, not the server's
         # %r: the reply whole, its line breaks escaped, for whoever runs the server.
         logger.warning("Notification %s failed: %r", notification_id, error)
-        kind = next((text for kind, text in FAILURE_KINDS if isinstance(error, kind)), "Sending failed")
-        outcome = {"status": "failed", "error": kind}
+        failure = next((text for kind, text in FAILURE_KINDS if isinstance(error, kind)), "Sending failed")
+        outcome = {"status": "failed", "error": failure}
     with Session(engine) as session:
         # A bulk UPDATE, not the ORM: the row may be gone (owner deleted) and that is fine.
         session.exec(update(Notification).where(Notification.id == notification_id).values(**outcome))  # type: ignore[arg-type]

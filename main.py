@@ -238,8 +238,8 @@ def too_many_requests(detail: str, retry_after: int) -> HTTPException:
 
 
 # --- Routers --------------------------------------------------------------------------
-# Every route behind CurrentUser can answer 401 and 403: declared once, on its router. A
-# route that reads a body can answer 413 (over 1 MiB) and 400 (not UTF-8): declared on it.
+# A route behind CurrentUser can answer 401 and 403, one that reads a body 413 (over 1 MiB)
+# and 400 (not UTF-8): declared on the route, or once on a router whose every route has them.
 #
 # Sync `def` is the rule, for anything that queries, hashes, mails or touches a file:
 # FastAPI runs it in a worker thread. `async def` only where nothing blocks at all (here
@@ -254,7 +254,7 @@ health_router = APIRouter(tags=["health"])
 
 @auth_router.post("/login", response_model=Token, responses=errors(400, 401, 403, 413, 429), dependencies=[BCRYPT_SLOT])
 def login(session: SessionDep, settings: SettingsDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
-    """Log in with username or email and password; returns a bearer token."""
+    """Log in with username or email and password; starts a session: an access and a refresh token."""
     named = find_login_user(session, form.username)
     key = login_key(form.username, named)
     retry_after = login_retry_after(session, key, settings)
@@ -542,7 +542,11 @@ def clipped(value: Any) -> Any:
     whole, so an invalid 1 MiB body costs the event loop nothing to answer."""
     if isinstance(value, str):
         return value[:MAX_ECHOED_CHARACTERS]
-    if value is None or isinstance(value, bool | float) or (isinstance(value, int) and len(str(value)) <= 100):
+    if (
+        value is None
+        or isinstance(value, bool | float)
+        or (isinstance(value, int) and len(str(value)) <= MAX_ECHOED_CHARACTERS)
+    ):
         return value
     return reprlib.repr(value)[:MAX_ECHOED_CHARACTERS]
 
