@@ -12,6 +12,7 @@ Patterns shown:
 - `bcrypt_checks`: the bcrypt checks a request spent, counted where bcrypt is called.
 - Small helpers (`signup`, `login`) return what tests need next; they take any client,
   a `TestClient` or an `httpx2.Client` on a live server (`base_url` its root).
+  `engine_of` and `count_notifications` look behind the API, into a test app's database.
 - `run_at_once`: calls released together by a barrier, for races (workers starting).
 - `settings_environ`: the test settings as environment variables, for `make_settings`
   and for live servers.
@@ -32,7 +33,8 @@ import httpx2
 import pytest
 from dotenv import dotenv_values
 from fastapi.testclient import TestClient
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
+from sqlmodel import Session, col, func, select
 
 TEST_SECRET_KEY = "test-secret-key-long-enough-for-hs512-which-wants-64-bytes-of-key"
 
@@ -47,7 +49,7 @@ os.environ["SECRET_KEY"] = TEST_SECRET_KEY
 from config import Settings, load_settings  # noqa: E402 (after the environment is cleaned)
 from database import create_db_engine  # noqa: E402
 from main import create_app  # noqa: E402
-from models import LoginSession, User  # noqa: E402
+from models import LoginSession, Notification, User  # noqa: E402
 
 DEFAULT_PASSWORD = "correct horse battery"
 SUPERUSER_EMAIL = "root@example.com"
@@ -124,6 +126,22 @@ def security_stamp(settings: Settings, user_id: int) -> str:
         stamp = user.security_stamp
     engine.dispose()
     return stamp
+
+
+def engine_of(client: TestClient) -> Engine:
+    """The engine of the app `client` talks to: its database, for a look behind the API."""
+    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+    return engine
+
+
+def count_notifications(client: TestClient, kind: str | None = None) -> int:
+    """Notifications in the database (of `kind`, or all), whoever owns them."""
+    query = select(func.count()).select_from(Notification)
+    if kind is not None:
+        query = query.where(col(Notification.kind) == kind)
+    with Session(engine_of(client)) as session:
+        count: int = session.exec(query).one()
+        return count
 
 
 def newest_session_id(settings: Settings, user_id: int) -> int:

@@ -11,7 +11,6 @@ import bcrypt
 import jwt
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
 from sqlmodel import Session, select, update
 
 import auth
@@ -22,6 +21,7 @@ from conftest import (
     SUPERUSER_EMAIL,
     SUPERUSER_PASSWORD,
     MakeSettings,
+    engine_of,
     login,
     newest_session_id,
     run_at_once,
@@ -341,7 +341,7 @@ def test_login_rehashes_a_password_stored_at_another_cost(make_settings: MakeSet
 def test_passwords_are_hashed_at_bcrypt_rounds_and_kept_when_the_cost_matches(client: TestClient) -> None:
     """Sign-up hashes at BCRYPT_ROUNDS (4 in tests); a login at that cost re-hashes nothing."""
     signup(client, "ada")
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = engine_of(client)
 
     def stored_hash() -> str:
         with Session(engine) as session:
@@ -479,7 +479,7 @@ def test_token_of_deleted_account_is_refused_even_if_the_database_reuses_its_id(
     ada = signup(client, "ada")
     headers = login(client, "ada")
     assert client.delete(f"{API}/users/me", headers=headers).status_code == 204
-    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+    with Session(engine_of(client)) as session:
         session.add(User(id=ada["id"], email="eve@example.com", username="eve", hashed_password="x"))
         session.commit()
     for method, path in [("GET", "/users/me"), ("POST", "/items/")]:
@@ -655,7 +655,7 @@ def test_delete_me_removes_the_user_with_items(
     assert response.status_code == 204, response.text
     assert response.content == b""
     assert client.get(f"{API}/items/", headers=superuser_headers).json() == {"data": [], "count": 0}
-    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+    with Session(engine_of(client)) as session:
         assert session.exec(select(Notification).where(Notification.owner_id == owner_id)).all() == []
 
 
@@ -752,7 +752,7 @@ def test_password_change_from_a_stale_read_still_applies(client: TestClient, set
     """Only a reset token compares stamps: a password set after another change, from a
     user row read before it, is stored rather than silently dropped."""
     signup(client, "ada")
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = engine_of(client)
     with Session(engine, expire_on_commit=False) as stale, Session(engine) as other:
         user = stale.exec(select(User).where(User.username == "ada")).one()
         used_stamp = user.security_stamp  # what a reset token issued now carries
@@ -1191,7 +1191,7 @@ def test_create_for_an_account_deleted_meanwhile_gets_401(client: TestClient, pa
     """A create racing the owner's DELETE /users/me: the user was loaded, then the row went.
     The foreign key refuses the new row; the answer is the deleted user's 401, not a 500."""
     ada = signup(client, "ada")
-    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+    with Session(engine_of(client)) as session:
         loaded_before_the_delete = session.get(User, ada["id"])
     assert client.delete(f"{API}/users/me", headers=login(client, "ada")).status_code == 204
     client.app.dependency_overrides[auth.get_current_user] = lambda: loaded_before_the_delete  # type: ignore[attr-defined]

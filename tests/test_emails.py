@@ -36,12 +36,12 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session as 
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.pool import QueuePool
-from sqlmodel import Session, func, select
+from sqlmodel import Session
 
 import models
 from auth import hash_password
 from config import Settings, load_settings
-from conftest import DEFAULT_PASSWORD, MakeSettings, login, security_stamp, signup
+from conftest import DEFAULT_PASSWORD, MakeSettings, count_notifications, engine_of, login, security_stamp, signup
 from database import create_db_engine
 from emails import INTERRUPTED_ERROR, MAIL_CONCURRENCY, send_email
 from live_server import free_port
@@ -256,12 +256,6 @@ def assert_reset_refused(client: TestClient, token: str, new_password: str = NEW
     response = client.post(RESET_PASSWORD, json=reset_body(token, new_password))
     assert response.status_code == 400, response.text
     assert response.json() == INVALID_TOKEN
-
-
-def count_notifications(client: TestClient) -> int:
-    """Every notification in the database, whoever owns it."""
-    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
-        return session.exec(select(func.count()).select_from(Notification)).one()
 
 
 # --- Delivery over SMTP -----------------------------------------------------------------
@@ -906,7 +900,7 @@ def test_reset_token_of_deleted_account_never_resets_another(
     ada_id = client.get("/api/v1/users/me", headers=user_headers).json()["id"]
     token = request_reset_token(client, console_log, "ada@example.com")
     assert client.delete("/api/v1/users/me", headers=user_headers).status_code == 204
-    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+    with Session(engine_of(client)) as session:
         session.add(
             User(
                 id=ada_id,
@@ -963,7 +957,7 @@ def test_sending_a_notification_holds_no_database_connection(make_settings: Make
     connection (a slow server must not drain the pool)."""
     port = free_port()
     with TestClient(create_app(smtp_settings(make_settings, port))) as client:
-        mailbox = PoolWatchingMailbox(client.app.state.engine)  # type: ignore[attr-defined]
+        mailbox = PoolWatchingMailbox(engine_of(client))
         with smtp_server(mailbox, port=port):
             signup(client, "ada")
             notify(client, login(client, "ada"))

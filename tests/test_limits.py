@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, func, select
 
-from conftest import DEFAULT_PASSWORD, MakeSettings, login, signup
+from conftest import DEFAULT_PASSWORD, MakeSettings, count_notifications, engine_of, login, signup
 from main import create_app
 from models import LoginFailure, Notification
 
@@ -44,11 +43,6 @@ def assert_throttled(response: Any) -> int:
     assert response.status_code == 429, response.text
     assert response.json() == TOO_MANY_LOGINS
     return int(response.headers["Retry-After"])
-
-
-def engine_of(client: TestClient) -> Engine:
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
-    return engine
 
 
 def age(client: TestClient, table: type[LoginFailure] | type[Notification], by: timedelta) -> None:
@@ -172,16 +166,6 @@ def test_failures_too_old_to_count_are_deleted_as_new_ones_come_in(client: TestC
 
 
 # --- Notification and recovery caps ------------------------------------------------------
-
-
-def count_notifications(client: TestClient, kind: str | None = None) -> int:
-    """Notifications in the database (of `kind`, or all), whoever owns them."""
-    query = select(func.count()).select_from(Notification)
-    if kind is not None:
-        query = query.where(col(Notification.kind) == kind)
-    with Session(engine_of(client)) as session:
-        count: int = session.exec(query).one()
-        return count
 
 
 def post_notification(client: TestClient, headers: dict[str, str]) -> Any:

@@ -234,7 +234,8 @@ def test_log_level_warning_silences_request_lines(
 def test_logs_never_hold_password_token_or_authorization_header(
     make_settings: MakeSettings, caplog: pytest.LogCaptureFixture, level: str
 ) -> None:
-    """Sign-up, logins and an authenticated call leave no secret in the log, even at DEBUG."""
+    """Sign-up, logins, an authenticated call, a refresh and a logout leave no secret in the
+    log, even at DEBUG."""
     caplog.set_level(level)
     with TestClient(create_app(make_settings(LOG_LEVEL=level))) as client:
         signup(client, "ada")
@@ -244,10 +245,15 @@ def test_logs_never_hold_password_token_or_authorization_header(
         assert wrong.status_code == 401, wrong.text
         bad = client.post("/api/v1/users/", json={"email": "nope", "username": "bo", "password": DEFAULT_PASSWORD})
         assert bad.status_code == 422, bad.text
+        pair = client.post("/api/v1/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD}).json()
+        refreshed = client.post("/api/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}).json()
+        logout = client.post("/api/v1/auth/logout", json={"refresh_token": refreshed["refresh_token"]})
+        assert logout.status_code == 204, logout.text
     token = headers["Authorization"].removeprefix("Bearer ")
     text = caplog.text
     assert "GET /api/v1/users/me 200" in text
-    for secret in (DEFAULT_PASSWORD, "wrong password 123", token, token.split(".")[2]):
+    secrets = (DEFAULT_PASSWORD, "wrong password 123", token, pair["refresh_token"], refreshed["refresh_token"])
+    for secret in (*secrets, token.split(".")[2]):
         assert secret not in text
     assert "authorization" not in text.lower()
     assert "bearer" not in text.lower()

@@ -18,10 +18,18 @@ from typing import Any
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import event
 from sqlmodel import Session, func, select
 
-from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, run_at_once, settings_environ, signup
+from conftest import (
+    DEFAULT_PASSWORD,
+    SUPERUSER_EMAIL,
+    SUPERUSER_PASSWORD,
+    engine_of,
+    run_at_once,
+    settings_environ,
+    signup,
+)
 from live_server import copy_app, running_server
 from models import LoginSession
 
@@ -66,8 +74,7 @@ def me(client: httpx2.Client, tokens: Tokens) -> int:
 
 
 def sessions_in_database(client: TestClient) -> int:
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
-    with Session(engine) as session:
+    with Session(engine_of(client)) as session:
         count: int = session.exec(select(func.count()).select_from(LoginSession)).one()
         return count
 
@@ -77,6 +84,22 @@ def ada_fixture(client: TestClient) -> Tokens:
     """A signed-up user, `ada`, logged in once."""
     signup(client, "ada")
     return log_in(client)
+
+
+def test_an_authenticated_request_reads_user_and_session_in_one_query(client: TestClient, ada: Tokens) -> None:
+    """Sessions cost GET /users/me no extra query: the user and the session come together."""
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine_of(client), "before_cursor_execute", count)
+    try:
+        assert me(client, ada) == 200
+    finally:
+        event.remove(engine_of(client), "before_cursor_execute", count)
+    assert len(statements) == 1, statements
+    assert "JOIN loginsession" in statements[0]
 
 
 # --- POST /auth/refresh --------------------------------------------------------------------
@@ -149,8 +172,7 @@ def test_refresh_token_is_no_reset_token(client: TestClient, ada: Tokens) -> Non
 
 def test_expired_session_is_refused_and_deleted_by_the_next_login(client: TestClient, ada: Tokens) -> None:
     """Past REFRESH_TOKEN_EXPIRE_DAYS a session is over; the next login, anyone's, removes it."""
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
-    with Session(engine) as session:
+    with Session(engine_of(client)) as session:
         for login_session in session.exec(select(LoginSession)).all():
             login_session.expires_at -= timedelta(days=14)
             session.add(login_session)
