@@ -13,7 +13,7 @@ Patterns shown:
 - `BCRYPT_SLOT`: FastAPI's `max_concurrency` bounds the routes that run bcrypt.
 - `Annotated` dependency aliases under their providers: `TokenDep`, `CurrentUser`, `SuperUser`.
 
-Imports: config, models, database.
+Imports: config, models, database, races.
 """
 
 import functools
@@ -34,6 +34,7 @@ from sqlalchemy import Engine, delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+import races
 from config import Settings, SettingsDep, settings as default_settings
 from database import SessionDep
 from models import (
@@ -43,6 +44,7 @@ from models import (
     LoginSession,
     Token,
     User,
+    is_storable,
     new_security_stamp,
     utc_now,
 )
@@ -79,7 +81,7 @@ def _dummy_hash(rounds: int) -> str:
 
 def find_login_user(session: Session, login: str) -> User | None:
     """The user whose username (in any case) or email is `login`, else None."""
-    if "\x00" in login:  # PostgreSQL refuses NUL in text; no account has one
+    if not is_storable(login):  # no account has a NUL or a lone surrogate in its name
         return None
     named = col(User.email) if "@" in login else func.lower(User.username)
     user: User | None = session.exec(select(User).where(named == login.lower())).first()
@@ -217,8 +219,9 @@ def create_token(
 ) -> str:
     """A signed token of `token_type` for `user`.
 
-    Access and refresh tokens name their session (`sid`); a refresh token also carries the
-    id its session expects next (`jti`), and a reset token the address it is mailed to.
+    Every token has its own id (`jti`), so no two are alike, even within one second. Access
+    and refresh tokens name their session (`sid`), and a refresh token's id is the one its
+    session expects next. A reset token carries the account's `recovery_stamp` too.
     """
     lifetime = {
         "access": timedelta(minutes=settings.ACCESS_TOKEN_EXPIRE_MINUTES),
@@ -226,13 +229,20 @@ def create_token(
         "reset": timedelta(minutes=settings.RESET_TOKEN_EXPIRE_MINUTES),
     }[token_type]
     now = datetime.now(UTC)
-    claims = {"sub": str(user.id), "type": token_type, "stamp": user.security_stamp, "iat": now, "exp": now + lifetime}
+    claims = {
+        "sub": str(user.id),
+        "type": token_type,
+        "stamp": user.security_stamp,
+        "jti": secrets.token_hex(16),
+        "iat": now,
+        "exp": now + lifetime,
+    }
     if login_session is not None:
         claims["sid"] = login_session.id
     if token_type == "refresh" and login_session is not None:
         claims["jti"] = login_session.refresh_jti
     if token_type == "reset":
-        claims["email"] = user.email
+        claims["recovery"] = user.recovery_stamp
     return jwt.encode(claims, settings.SECRET_KEY, algorithm=settings.ALGORITHM)
 
 
@@ -279,8 +289,9 @@ def user_from_reset_token(session: Session, token: str, settings: Settings) -> U
     user = session.get(User, claims["sub"])
     if user is None or claims.get("stamp") != user.security_stamp:
         return None
-    # A reset token works only for the address it was mailed to (SPEC 5).
-    if claims.get("email") != user.email:
+    # An email change replaces `recovery_stamp`: a token mailed to an earlier address never
+    # works again, even once the address is changed back (SPEC 5).
+    if claims.get("recovery") != user.recovery_stamp:
         return None
     return user
 
@@ -303,10 +314,24 @@ def next_refresh(settings: Settings) -> dict[str, Any]:
     }
 
 
-def start_session(session: Session, user: User, settings: Settings) -> Token:
-    """A new session for `user` (a login), and its tokens. Expired sessions, anyone's,
-    are deleted on the way, so the table does not grow without bound."""
+def start_session(session: Session, user: User, settings: Settings) -> Token | None:
+    """A new session for `user` (a login), and its tokens; None if the account changed since
+    `user` was read and its password verified. Expired sessions, anyone's, are deleted on the way,
+    so the table does not grow without bound.
+
+    The session is stored only if the account is still as verified: same `security_stamp`,
+    still active, still there. A password change, reset or deactivation that won the race
+    replaced the stamp, so this login gets nothing (SPEC 5). The re-check holds the account's
+    row until commit: PostgreSQL locks it (FOR SHARE, which a change of the stamp waits for);
+    SQLite lets one writer at a time hold the database from its first write (the DELETE).
+    """
     session.exec(delete(LoginSession).where(col(LoginSession.expires_at) <= utc_now()))
+    unchanged = select(User.id).where(
+        User.id == user.id, User.security_stamp == user.security_stamp, col(User.is_active)
+    )
+    if session.exec(unchanged.with_for_update(read=True)).first() is None:
+        session.rollback()
+        return None
     login_session = LoginSession(user_id=user.id, **next_refresh(settings))
     session.add(login_session)
     session.commit()
@@ -318,11 +343,12 @@ def rotate_session(session: Session, refresh_token: str, settings: Settings) -> 
 
     A compare-and-set on the session's `refresh_jti`: of two requests racing with one
     refresh token, exactly one succeeds. A refresh token that no longer matches was used
-    before: treated as stolen, its whole session ends (SPEC 5).
+    before: treated as stolen, its whole session ends (SPEC 5). A token whose `stamp` is not
+    the account's any more (a password change, reset or deactivation since) gets nothing.
     """
     claims = decode_token(refresh_token, token_type="refresh", settings=settings)
     user = None if claims is None else session.get(User, claims["sub"])
-    if claims is None or user is None or not user.is_active:
+    if claims is None or user is None or not user.is_active or claims.get("stamp") != user.security_stamp:
         return None
     refreshed = next_refresh(settings)
     rotated = session.exec(
@@ -389,7 +415,8 @@ def credentials_error(detail: str = "Could not validate credentials") -> HTTPExc
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-# tokenUrl only documents where to log in; `main.create_app` writes its own settings' prefix.
+# tokenUrl only documents where to log in; `main.create_app` writes its own settings' prefix
+# into the schema (`document_login_url`).
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl=f"{default_settings.API_V1_STR}/auth/login")
 TokenDep = Annotated[str, Depends(oauth2_scheme)]
 
@@ -400,6 +427,7 @@ def get_current_user(session: SessionDep, settings: SettingsDep, token: TokenDep
         raise credentials_error()
     if not user.is_active:
         raise HTTPException(status_code=403, detail="Inactive user")
+    races.remember_caller(session, user)
     return user
 
 

@@ -11,7 +11,7 @@ Patterns shown:
 - `get_settings` / `SettingsDep`: endpoints read the settings of the app serving them,
   so `create_app(test_settings)` needs no dependency override.
 
-Imports: no project module.
+Imports: middleware (its logging set-up, for the start-up warnings).
 """
 
 import logging
@@ -31,6 +31,8 @@ from email_validator import EmailNotValidError, validate_email
 from fastapi import Depends, Request
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from middleware import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +251,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
 
 load_dotenv()
+# Before the settings are read: their start-up warnings (no SECRET_KEY, no SMTP_HOST) get the
+# app's log format, level and time included, like every later line (SPEC 7).
+_log_level = os.environ.get("LOG_LEVEL", "").strip().upper()
+configure_logging(_log_level if _log_level in LOG_LEVELS else Settings.LOG_LEVEL)
 try:
     settings = load_settings(os.environ)
 except SettingsError as error:

@@ -14,6 +14,8 @@ Patterns shown:
   a `TestClient` or an `httpx2.Client` on a live server (`base_url` its root).
   `engine_of` and `count_notifications` look behind the API, into a test app's database.
 - `run_at_once`: calls released together by a barrier, for races (workers starting).
+- `paused_before`: a request held just before one SQL statement while the test runs what
+  races it, so a race is played the same way every time, not left to luck and sleeps.
 - `settings_environ`: the test settings as environment variables, for `make_settings`
   and for live servers.
 
@@ -21,9 +23,11 @@ Imports: config, models, database, main.
 """
 
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +37,7 @@ import httpx2
 import pytest
 from dotenv import dotenv_values
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlmodel import Session, col, func, select
 
 TEST_SECRET_KEY = "test-secret-key-long-enough-for-hs512-which-wants-64-bytes-of-key"
@@ -117,13 +121,13 @@ def client_fixture(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
-def security_stamp(settings: Settings, user_id: int) -> str:
-    """The user's current `security_stamp`: what a valid token of theirs carries."""
+def security_stamp(settings: Settings, user_id: int, name: str = "security_stamp") -> str:
+    """The user's current `security_stamp` (or `recovery_stamp`): what a valid token of theirs carries."""
     engine = create_db_engine(settings.DATABASE_URL)
     with Session(engine) as session:
         user = session.get(User, user_id)
         assert user is not None
-        stamp = user.security_stamp
+        stamp: str = getattr(user, name)
     engine.dispose()
     return stamp
 
@@ -215,3 +219,38 @@ def run_at_once(calls: list[Callable[[], Result]]) -> list[Result]:
 
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         return list(pool.map(run, calls))
+
+
+class Pause:
+    """A request held before a statement: `reached` is set once it is there; `release` lets it go."""
+
+    def __init__(self) -> None:
+        self.reached, self.release = threading.Event(), threading.Event()
+
+
+@contextmanager
+def paused_before(engine: Engine, pattern: str) -> Iterator[Pause]:
+    """Hold the first SQL statement of `engine` that matches the regex `pattern` until
+    `release` (at the latest when the block ends): the request running it is paused right
+    there, and the block does what should race it. Release, and wait for the paused request,
+    before leaving the block: the hook is removed then.
+
+    The hook runs before the driver sends the statement: on SQLite (where the driver begins a
+    transaction only at the first write) a request paused before its first write holds no lock.
+    """
+    pause, lock = Pause(), threading.Lock()
+
+    def hold(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        with lock:
+            first = not pause.reached.is_set() and re.search(pattern, statement) is not None
+            if first:
+                pause.reached.set()
+        if first:
+            pause.release.wait(timeout=10)
+
+    event.listen(engine, "before_cursor_execute", hold)
+    try:
+        yield pause
+    finally:
+        pause.release.set()
+        event.remove(engine, "before_cursor_execute", hold)

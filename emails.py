@@ -6,47 +6,42 @@ Patterns shown:
 - Every message is recorded as a `Notification` first, so its fate (`pending` ->
   `sent` | `failed`) is visible through the API, and a failure takes nothing else down.
 - Sending holds no database connection: read, send, then write, each step on its own.
-- `MAIL_SLOT`: FastAPI's `max_concurrency` bounds how many mails are in flight, so a slow
-  or dead mail server holds a few slots, never the threads that serve requests.
+- Background tasks that bound themselves: `send_later` and `send_password_reset_later`
+  send in at most MAIL_CONCURRENCY threads of their own, after the response, so a slow or
+  dead mail server holds a few threads and no request ever waits for mail.
 - Two backends chosen by settings: SMTP through the standard library's `smtplib`
-  (STARTTLS, login, timeout), or the log, so a workshop needs no mail server.
+  (STARTTLS, login, timeout), or the log (one escaped line), so a workshop needs no mail server.
 - Start-up marks notifications whose task died with the previous process `failed`.
 - A failure is recorded by its kind only; the mail server's reply goes to the log.
 
-Imports: config, models, database, auth.
+Imports: config, models, auth, middleware.
 """
 
 import logging
 import math
 import smtplib
 import ssl
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 
-from fastapi import Depends
+from anyio import CapacityLimiter, to_thread
 from sqlalchemy import Engine, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from auth import create_token
 from config import Settings
+from middleware import printable
 from models import Notification, NotificationKind, User, header_safe, utc_now
 
 logger = logging.getLogger(__name__)
 
-# Routes that queue mail wait for one of these slots first, on the event loop, and hold it
-# until their background task has sent it (a request-scoped dependency ends after the
-# background tasks). A mail server that is slow or gone (up to SMTP_TIMEOUT_SECONDS a step)
-# then holds at most this many worker threads, and further mail waits without one.
+# Mail is sent in threads of its own, at most this many at once per process: a mail server
+# that is slow or gone (up to SMTP_TIMEOUT_SECONDS a step) holds at most this many threads,
+# and further mail waits on the event loop, holding none. The bound sits in the background
+# task, after the response: no request waits for a mail slot (SPEC 5).
 MAIL_CONCURRENCY = 4
-
-
-async def mail_slot() -> AsyncIterator[None]:
-    """Held from the start of a route that queues mail until that mail is sent."""
-    yield
-
-
-MAIL_SLOT = Depends(mail_slot, max_concurrency=MAIL_CONCURRENCY)
+MAIL_THREADS = CapacityLimiter(MAIL_CONCURRENCY)
 
 INTERRUPTED_ERROR = "Not sent: the server stopped before its background task ran"
 # What a failed notification's `error` says, by exception, first match wins (ssl and smtplib
@@ -69,9 +64,9 @@ def send_email(settings: Settings, *, to: str, subject: str, body: str) -> None:
     """Send one plain-text message over SMTP, or log it when `SMTP_HOST` is empty."""
     header_safe(subject)  # again here: whatever stored it, no subject adds a header
     if not settings.SMTP_HOST:
-        # Logged as is, not through EmailMessage.as_string(), which folds long lines
-        # and would split a reset token.
-        logger.info("Console email to %s\nSubject: %s\n\n%s", to, subject, body)
+        # One line, its line breaks escaped like every logged value, so no mail can forge a
+        # log line; not through EmailMessage.as_string(), which would fold a reset token.
+        logger.info("Console email to %s, subject: %s, body: %s", printable(to), printable(subject), printable(body))
         return
     message = EmailMessage()
     message["From"] = settings.EMAILS_FROM
@@ -106,20 +101,21 @@ def record_notification(
     hourly_limit: int | None = None,
     counted_kind: NotificationKind | None = None,
 ) -> Notification:
-    """Store a `pending` notification and return it (with its id) for a background task.
+    """Add a `pending` notification and return it (with its id, flushed) for a background
+    task, once the caller commits.
 
     With `hourly_limit`: if the owner already has that many notifications (of
-    `counted_kind`, or of any kind) created in the last 60 minutes, record nothing and
-    raise `HourlyLimitError`. The new row is written first and counted with the others,
-    one request at a time per owner: PostgreSQL locks the owner's row until commit, and
+    `counted_kind`, or of any kind) created in the last 60 minutes, roll back and raise
+    `HourlyLimitError`. The new row is written first and counted with the others, one
+    request at a time per owner: PostgreSQL locks the owner's row until commit, and
     SQLite lets one writer at a time hold the database from its first write.
     """
     if hourly_limit is not None:
         session.exec(select(User.id).where(col(User.id) == owner_id).with_for_update()).first()
     notification = Notification(owner_id=owner_id, email=email, subject=subject, message=message, kind=kind)
     session.add(notification)
+    session.flush()
     if hourly_limit is not None:
-        session.flush()
         hour_ago = utc_now() - timedelta(hours=1)
         created_at = col(Notification.created_at)
         recent = select(created_at).where(col(Notification.owner_id) == owner_id, created_at > hour_ago)
@@ -130,7 +126,6 @@ def record_notification(
             session.rollback()
             counted_since: datetime = newest_first[hourly_limit]
             raise HourlyLimitError(max(1, math.ceil((counted_since - hour_ago).total_seconds())))
-    session.commit()
     return notification
 
 
@@ -160,6 +155,16 @@ def send_notification(engine: Engine, settings: Settings, notification_id: int, 
         session.commit()
 
 
+async def send_later(engine: Engine, settings: Settings, notification_id: int) -> None:
+    """Background task: `send_notification` in one of the MAIL_THREADS."""
+    await to_thread.run_sync(send_notification, engine, settings, notification_id, limiter=MAIL_THREADS)
+
+
+async def send_password_reset_later(engine: Engine, settings: Settings, email: str) -> None:
+    """Background task: `send_password_reset` in one of the MAIL_THREADS."""
+    await to_thread.run_sync(send_password_reset, engine, settings, email, limiter=MAIL_THREADS)
+
+
 def record_welcome(session: Session, user: User, settings: Settings) -> Notification:
     """The welcome message of a new user, recorded for `send_notification`."""
     return record_notification(
@@ -173,7 +178,8 @@ def record_welcome(session: Session, user: User, settings: Settings) -> Notifica
 
 
 def record_email_change_notice(session: Session, user: User, old_email: str, settings: Settings) -> Notification:
-    """The notice an email change sends to the old address, recorded for `send_notification`."""
+    """The notice an email change sends to the old address, recorded for `send_notification`.
+    It counts against NOTIFICATIONS_PER_HOUR like any notification (`HourlyLimitError`)."""
     return record_notification(
         session,
         owner_id=user.id,
@@ -184,6 +190,7 @@ def record_email_change_notice(session: Session, user: User, old_email: str, set
             " If you did not change it, contact us: someone may have your password.\n"
         ),
         kind="email_change",
+        hourly_limit=settings.NOTIFICATIONS_PER_HOUR,
     )
 
 
@@ -209,10 +216,11 @@ def send_password_reset(engine: Engine, settings: Settings, email: str) -> None:
             f" {settings.RESET_TOKEN_EXPIRE_MINUTES} minutes:\n\n{{token}}\n\n"
             "If it was not you, ignore this message: your password stays as it is.\n"
         )
+        user_id = user.id  # for the log, whatever becomes of the row
         try:
             notification = record_notification(
                 session,
-                owner_id=user.id,
+                owner_id=user_id,
                 email=user.email,
                 subject=subject,
                 message=template.format(token="(the token is in the email only)"),
@@ -220,9 +228,14 @@ def send_password_reset(engine: Engine, settings: Settings, email: str) -> None:
                 hourly_limit=settings.RECOVERY_EMAILS_PER_HOUR,
                 counted_kind="recovery",
             )
+            session.commit()
         except HourlyLimitError:
             # Nobody can fill an inbox with reset mails; the caller got the same 202 (SPEC 5).
-            logger.info("Password recovery for user %s not sent: RECOVERY_EMAILS_PER_HOUR reached", user.id)
+            logger.info("Password recovery for user %s not sent: RECOVERY_EMAILS_PER_HOUR reached", user_id)
+            return
+        except IntegrityError:
+            # The foreign key: the account was deleted since it was looked up. Nothing to send.
+            logger.info("Password recovery for user %s not sent: the account was deleted", user_id)
             return
         notification_id = notification.id
     token_withheld = not settings.SMTP_HOST and settings.ENVIRONMENT == "production"

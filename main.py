@@ -9,17 +9,19 @@ Patterns shown:
   `tag-function_name` for generated clients.
 - Sync `def` endpoints on `SessionDep`, `CurrentUser`, `SuperUser`; fetch-or-fail helpers;
   `response_model` and `status_code` in the decorator; background tasks for email.
-- `dependencies=[BCRYPT_SLOT]`, `[MAIL_SLOT]`: FastAPI's `max_concurrency` bounds costly routes.
+- `dependencies=[BCRYPT_SLOT]`: FastAPI's `max_concurrency` bounds the routes that run bcrypt.
 - A 422 handler with FastAPI's body shape that survives any input.
+- FastAPI's "extending OpenAPI" pattern: the schema's login URL follows the app's settings.
 - The async rule, stated above the routers: `def` wherever anything blocks.
 
-Imports: config, models, database, auth, emails, middleware.
+Imports: config, models, database, auth, emails, middleware, races.
 """
 
 import json
+import math
 import reprlib
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -35,6 +37,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, func, select
 
+import races
 from auth import (
     BCRYPT_SLOT,
     CurrentUser,
@@ -59,14 +62,13 @@ from auth import (
 from config import Settings, SettingsDep, settings as default_settings
 from database import EngineDep, SessionDep, create_db_engine, migrate_database
 from emails import (
-    MAIL_SLOT,
     HourlyLimitError,
     fail_interrupted_notifications,
     record_email_change_notice,
     record_notification,
     record_welcome,
-    send_notification,
-    send_password_reset,
+    send_later,
+    send_password_reset_later,
 )
 from middleware import BodySizeLimitMiddleware, RequestLogMiddleware, configure_logging
 from models import (
@@ -99,7 +101,9 @@ from models import (
     utc_now,
 )
 
-MAX_BODY_BYTES = 1024 * 1024
+# The largest valid body, a notification, is under 64 KiB: a larger one is refused before it
+# is read, so no body can hold the event loop in json.loads (SPEC 5).
+MAX_BODY_BYTES = 64 * 1024
 MAX_ECHOED_CHARACTERS = 100
 # Ids and offsets are bounded to the database's 64-bit integers: beyond, the driver
 # overflows (a 500), so such values are a 422 here.
@@ -145,8 +149,11 @@ def save_user(session: Session, user: User, *, keep_a_superuser: bool = False) -
 
 
 def update_user_fields(session: Session, user: User, changes: dict[str, Any]) -> None:
-    """Apply `changes` to `user`, to be saved; 400 for a taken email or username."""
+    """Apply `changes` to `user`, to be saved; 400 for a taken email or username. A new email
+    makes every reset token mailed before it useless, for good (SPEC 5)."""
     ensure_unique(session, email=changes.get("email"), username=changes.get("username"), user_id=user.id)
+    if changes.get("email", user.email) != user.email:
+        changes["recovery_stamp"] = new_security_stamp()
     user.sqlmodel_update(changes)
     user.updated_at = utc_now()
 
@@ -174,16 +181,19 @@ def commit_keeping_a_superuser(session: Session, *, check: bool) -> None:
     session.commit()
 
 
-@contextmanager
-def caller_still_exists(session: Session) -> Iterator[None]:
-    """Around the commit of a row the caller owns. If their account was deleted since they
-    were authenticated (a DELETE /users/me racing this request), the foreign key refuses
-    the row: 401, as for a deleted user's token, never a 500."""
-    try:
-        yield
-    except IntegrityError:
-        session.rollback()
-        raise credentials_error() from None
+def refuse_while_throttled(session: Session, user: User, settings: Settings) -> None:
+    """429 while the account's logins are throttled: the routes that check the caller's
+    password are no way around the login's limit for a stolen access token (SPEC 5)."""
+    retry_after = login_retry_after(session, login_key(user.email, user), settings)
+    if retry_after:
+        raise too_many_requests("Too many failed logins, try again later", retry_after)
+
+
+def check_current_password(session: Session, user: User, password: str, settings: Settings) -> None:
+    """400 unless `password` is the caller's; a wrong one counts as a failed login."""
+    if not verify_password(password, user.hashed_password):
+        record_login_failure(session, login_key(user.email, user), settings)
+        raise HTTPException(status_code=400, detail="Incorrect password")
 
 
 def get_user_or_404(session: Session, user_id: int) -> User:
@@ -209,7 +219,7 @@ ERROR_DESCRIPTIONS = {
     401: "Missing, invalid, expired or revoked token",
     403: "Inactive user, or not enough privileges",
     404: "Not found",
-    413: "Request body over 1 MiB",
+    413: "Request body over 64 KiB",
     429: "Too many requests: try again after `Retry-After` seconds",
     503: "Database unavailable",
 }
@@ -238,7 +248,7 @@ def too_many_requests(detail: str, retry_after: int) -> HTTPException:
 
 
 # --- Routers --------------------------------------------------------------------------
-# A route behind CurrentUser can answer 401 and 403, one that reads a body 413 (over 1 MiB)
+# A route behind CurrentUser can answer 401 and 403, one that reads a body 413 (over 64 KiB)
 # and 400 (not UTF-8): declared on the route, or once on a router whose every route has them.
 #
 # Sync `def` is the rule, for anything that queries, hashes, mails or touches a file:
@@ -269,7 +279,10 @@ def login(session: SessionDep, settings: SettingsDep, form: Annotated[OAuth2Pass
     if not user.is_active:
         raise HTTPException(status_code=403, detail="Inactive user")
     clear_login_failures(session, key)
-    return start_session(session, user, settings)  # commits both
+    tokens = start_session(session, user, settings)  # commits both
+    if tokens is None:  # the password changed, or the account went, while it was checked
+        raise credentials_error("Incorrect username or password")
+    return tokens
 
 
 @auth_router.post("/refresh", response_model=Token, responses=errors(400, 401, 413))
@@ -295,14 +308,12 @@ def logout_all(session: SessionDep, user: CurrentUser) -> None:
     session.commit()
 
 
-@auth_router.post(
-    "/password-recovery", response_model=Message, status_code=202, responses=errors(400, 413), dependencies=[MAIL_SLOT]
-)
+@auth_router.post("/password-recovery", response_model=Message, status_code=202, responses=errors(400, 413))
 def recover_password(
     body: PasswordRecovery, engine: EngineDep, settings: SettingsDep, background_tasks: BackgroundTasks
 ) -> Message:
     """Email a password reset token, if an account has this email."""
-    background_tasks.add_task(send_password_reset, engine, settings, body.email)
+    background_tasks.add_task(send_password_reset_later, engine, settings, body.email)
     return Message(message="If an account has this email, a password reset token is on its way")
 
 
@@ -317,13 +328,13 @@ def reset_password(body: PasswordReset, session: SessionDep, settings: SettingsD
         or not set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS, from_stamp=user.security_stamp)
     ):
         raise HTTPException(status_code=400, detail="Invalid or expired token")
+    clear_login_failures(session, login_key(user.email, user))  # the owner is back in
     session.commit()
     return Message(message="Password updated")
 
 
-# MAIL_SLOT first: a request waiting for it holds nothing else, not even a bcrypt slot.
 @users_router.post(
-    "/", response_model=UserPublic, status_code=201, responses=errors(400, 413), dependencies=[MAIL_SLOT, BCRYPT_SLOT]
+    "/", response_model=UserPublic, status_code=201, responses=errors(400, 413), dependencies=[BCRYPT_SLOT]
 )
 def create_user(
     body: UserCreate, session: SessionDep, settings: SettingsDep, engine: EngineDep, background_tasks: BackgroundTasks
@@ -334,7 +345,8 @@ def create_user(
     user = User.model_validate(body, update={"hashed_password": hashed_password})
     save_user(session, user)
     welcome = record_welcome(session, user, settings)
-    background_tasks.add_task(send_notification, engine, settings, welcome.id)
+    session.commit()
+    background_tasks.add_task(send_later, engine, settings, welcome.id)
     return user
 
 
@@ -345,7 +357,7 @@ async def read_user_me(user: CurrentUser) -> User:
 
 
 @users_router.patch(
-    "/me", response_model=UserPublic, responses=errors(400, 401, 403, 413), dependencies=[MAIL_SLOT, BCRYPT_SLOT]
+    "/me", response_model=UserPublic, responses=errors(400, 401, 403, 413, 429), dependencies=[BCRYPT_SLOT]
 )
 def update_user_me(
     body: UserUpdateMe,
@@ -356,28 +368,34 @@ def update_user_me(
     background_tasks: BackgroundTasks,
 ) -> User:
     """Change the caller's email, username or full name; a new email needs the password."""
+    refuse_while_throttled(session, user, settings)
     changes = body.model_dump(exclude_unset=True, exclude={"current_password"})
-    old_email = user.email
-    email_changes = changes.get("email", old_email) != old_email
-    # A stolen token alone must not take the account over by its email (SPEC 5).
-    if email_changes and not verify_password(body.current_password or "", user.hashed_password):
-        raise HTTPException(status_code=400, detail="Incorrect password")
+    notice = None
+    if changes.get("email", user.email) != user.email:
+        # A stolen token alone must not take the account over by its email (SPEC 5).
+        check_current_password(session, user, body.current_password or "", settings)
+        try:  # recorded first, and committed with the change by save_user
+            notice = record_email_change_notice(session, user, user.email, settings)
+        except HourlyLimitError as limit:
+            raise too_many_requests("Too many notifications, try again later", limit.retry_after) from None
     update_user_fields(session, user, changes)
     save_user(session, user)
-    if email_changes:
-        notice = record_email_change_notice(session, user, old_email, settings)
-        background_tasks.add_task(send_notification, engine, settings, notice.id)
+    if notice is not None:
+        background_tasks.add_task(send_later, engine, settings, notice.id)
     return user
 
 
 @users_router.patch(
-    "/me/password", response_model=Message, responses=errors(400, 401, 403, 413), dependencies=[BCRYPT_SLOT]
+    "/me/password", response_model=Message, responses=errors(400, 401, 403, 413, 429), dependencies=[BCRYPT_SLOT]
 )
 def update_password_me(body: UpdatePassword, session: SessionDep, settings: SettingsDep, user: CurrentUser) -> Message:
     """Change the caller's password; every token issued before stops working."""
-    if not verify_password(body.current_password, user.hashed_password):
-        raise HTTPException(status_code=400, detail="Incorrect password")
-    set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS)
+    refuse_while_throttled(session, user, settings)
+    check_current_password(session, user, body.current_password, settings)
+    # A compare-and-set on the stamp the caller's token carried: if another change, a reset or
+    # the account's deletion came first, that token is revoked by now.
+    if not set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS, from_stamp=user.security_stamp):
+        raise credentials_error()
     session.commit()
     return Message(message="Password updated")
 
@@ -386,7 +404,7 @@ def update_password_me(body: UpdatePassword, session: SessionDep, settings: Sett
 def delete_user_me(session: SessionDep, user: CurrentUser) -> None:
     """Delete the caller's account, with their items and notifications."""
     was_superuser = lock_superusers(session, user)
-    session.delete(user)
+    races.delete_row(session, user)
     commit_keeping_a_superuser(session, check=was_superuser)
 
 
@@ -432,7 +450,7 @@ def delete_user(user_id: RowId, session: SessionDep, _: SuperUser) -> None:
     """Delete a user with their items and notifications (superusers only)."""
     user = get_user_or_404(session, user_id)
     was_superuser = lock_superusers(session, user)
-    session.delete(user)
+    races.delete_row(session, user)
     commit_keeping_a_superuser(session, check=was_superuser)
 
 
@@ -440,9 +458,8 @@ def delete_user(user_id: RowId, session: SessionDep, _: SuperUser) -> None:
 def create_item(body: ItemCreate, session: SessionDep, user: CurrentUser) -> Item:
     """Create an item owned by the caller."""
     item = Item.model_validate(body, update={"owner_id": user.id})
-    with caller_still_exists(session):
-        session.add(item)
-        session.commit()
+    session.add(item)
+    session.commit()
     return item
 
 
@@ -474,13 +491,11 @@ def update_item(item_id: RowId, body: ItemUpdate, session: SessionDep, user: Cur
 @items_router.delete("/{item_id}", status_code=204, responses=errors(404))
 def delete_item(item_id: RowId, session: SessionDep, user: CurrentUser) -> None:
     """Delete an item."""
-    session.delete(get_owned_item_or_404(session, item_id, user))
+    races.delete_row(session, get_owned_item_or_404(session, item_id, user))
     session.commit()
 
 
-@notifications_router.post(
-    "/", response_model=NotificationPublic, status_code=202, responses=errors(400, 413, 429), dependencies=[MAIL_SLOT]
-)
+@notifications_router.post("/", response_model=NotificationPublic, status_code=202, responses=errors(400, 413, 429))
 def create_notification(
     body: NotificationCreate,
     session: SessionDep,
@@ -491,17 +506,13 @@ def create_notification(
 ) -> Notification:
     """Queue an email; its `status` tells later whether it went out."""
     try:
-        with caller_still_exists(session):
-            notification = record_notification(
-                session,
-                owner_id=user.id,
-                **body.model_dump(),
-                kind="message",
-                hourly_limit=settings.NOTIFICATIONS_PER_HOUR,
-            )
+        notification = record_notification(
+            session, owner_id=user.id, **body.model_dump(), kind="message", hourly_limit=settings.NOTIFICATIONS_PER_HOUR
+        )
     except HourlyLimitError as limit:
         raise too_many_requests("Too many notifications, try again later", limit.retry_after) from None
-    background_tasks.add_task(send_notification, engine, settings, notification.id)
+    session.commit()
+    background_tasks.add_task(send_later, engine, settings, notification.id)
     return notification
 
 
@@ -537,24 +548,39 @@ def read_health(session: SessionDep) -> HealthStatus:
 
 
 def clipped(value: Any) -> Any:
-    """An input value as a 422 echoes it: at most 100 characters (SPEC 5). A long string is
-    cut; a list or object becomes a short preview that reprlib builds without walking it
-    whole, so an invalid 1 MiB body costs the event loop nothing to answer."""
+    """A value as a 422 echoes it: at most 100 characters, valid JSON (SPEC 5). A long string
+    is cut; NaN and Infinity (which Python's json.loads accepts) become strings; a list or
+    object becomes a short preview that reprlib builds without walking it whole."""
     if isinstance(value, str):
         return value[:MAX_ECHOED_CHARACTERS]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
     if (
         value is None
-        or isinstance(value, bool | float)
+        or isinstance(value, bool)
         or (isinstance(value, int) and len(str(value)) <= MAX_ECHOED_CHARACTERS)
     ):
         return value
     return reprlib.repr(value)[:MAX_ECHOED_CHARACTERS]
 
 
+def clipped_error(error: dict[str, Any]) -> dict[str, Any]:
+    """One error of a 422 with every echo of the input clipped: the input itself, and the
+    message and context, which repeat parts of it (an invalid email's characters, say)."""
+    echoed = {"msg": clipped(error["msg"])}
+    if "input" in error:
+        echoed["input"] = clipped(error["input"])
+    if "ctx" in error:
+        echoed["ctx"] = {
+            key: clipped(value) if isinstance(value, str) else value for key, value in error["ctx"].items()
+        }
+    return error | echoed
+
+
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> Response:
-    """FastAPI's 422 body with each input clipped, rendered ASCII-only: the default handler
+    """FastAPI's 422 body with each error clipped, rendered ASCII-only: the default handler
     echoes the input whole, and fails with a 500 when it holds a lone surrogate ("\\ud800")."""
-    errors = [error | {"input": clipped(error["input"])} if "input" in error else error for error in exc.errors()]
+    errors = [clipped_error(error) for error in exc.errors()]
     content = json.dumps({"detail": jsonable_encoder(errors)}, ensure_ascii=True)
     return Response(content, status_code=422, media_type="application/json")
 
@@ -562,6 +588,25 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 def operation_id(route: APIRoute) -> str:
     """`users-create_user`: readable, unique method names for generated clients."""
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def document_login_url(app: FastAPI, api_prefix: str) -> None:
+    """Point Swagger UI's Authorize button at this app's own login route.
+
+    `CurrentUser`'s OAuth2 scheme is built once, at import, with the environment's
+    API_V1_STR; an app built on other settings (`create_app(settings)`) would send the
+    button to a route it does not serve. FastAPI's "extending OpenAPI" pattern: wrap
+    `app.openapi`, whose result FastAPI caches.
+    """
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build_schema()
+        flows = schema["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
+        flows["password"]["tokenUrl"] = f"{api_prefix}/auth/login"
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def start_up(engine: Engine, settings: Settings, started_at: datetime) -> None:
@@ -607,13 +652,15 @@ def create_app(settings: Settings = default_settings) -> FastAPI:
             allow_credentials="*" not in settings.BACKEND_CORS_ORIGINS,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["X-Request-ID"],
+            # What a browser client reads: the request id, and when to retry after a 429.
+            expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(RequestLogMiddleware)
 
     for router in (auth_router, users_router, items_router, notifications_router):
         app.include_router(router, prefix=settings.API_V1_STR)
     app.include_router(health_router)
+    document_login_url(app, settings.API_V1_STR)
     return app
 
 

@@ -12,7 +12,8 @@ Patterns shown:
 - Foreign keys with `ondelete="CASCADE"`: a user's items and notifications go with them.
 - `sqlite_autoincrement`: SQLite never hands a deleted row's id to a new one (it would
   otherwise reuse the highest id), so an old id in a token or a link never names a stranger.
-- `security_stamp`: a random value each token carries; a new one revokes them all.
+- `security_stamp`: a random value each token carries; a new one revokes them all
+  (`recovery_stamp` does the same for reset tokens alone, at an email change).
 
 Imports: no project module.
 """
@@ -57,12 +58,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+def is_storable(value: str) -> bool:
+    """False for text no database stores: PostgreSQL refuses NUL, and no driver encodes a
+    lone surrogate (which a form in charset=utf-7 can carry)."""
+    return "\x00" not in value and re.search("[\ud800-\udfff]", value) is None
+
+
 def _storable_text(value: str) -> str:
-    # PostgreSQL refuses NUL in text and no driver encodes a lone surrogate: reject
-    # both here as a 422 rather than as a 500 at commit.
+    # Rejected here as a 422 rather than as a 500 at commit.
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
-    if re.search("[\ud800-\udfff]", value):
+    if not is_storable(value):
         raise ValueError("must be valid Unicode text")
     return value
 
@@ -142,6 +148,11 @@ class User(UserBase, table=True):
     # or the user is deactivated, which revokes them all. A new account gets its own, so
     # no token of a deleted account ever passes for another, whatever its id.
     security_stamp: str = Field(default_factory=new_security_stamp, max_length=32)
+    # Random, carried by reset tokens only: replaced when the email changes, so a reset
+    # token mailed to an earlier address never works again, even if the address comes back.
+    recovery_stamp: str = Field(
+        default_factory=new_security_stamp, max_length=32, sa_column_kwargs={"server_default": ""}
+    )
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
 

@@ -123,6 +123,15 @@ def test_app_on_another_api_prefix_serves_everything_there(make_settings: MakeSe
         assert client.get("/api/v1/openapi.json").status_code == 404
 
 
+def test_authorize_button_follows_api_v1_str_of_create_apps_settings(make_settings: MakeSettings) -> None:
+    """`create_app(settings)` with API_V1_STR=/v2 documents its own login route as the tokenUrl,
+    not the one of the environment `auth.py` was imported in."""
+    with TestClient(create_app(make_settings(API_V1_STR="/v2"))) as client:
+        schema = client.get("/v2/openapi.json").json()
+    flows = schema["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
+    assert flows["password"]["tokenUrl"] == "/v2/auth/login"
+
+
 def test_authorize_button_follows_api_v1_str_of_the_environment(tmp_path: Path) -> None:
     """`uvicorn main:app` with API_V1_STR=/v2 documents /v2/auth/login as the tokenUrl
     (built from the settings, FastAPI's documented form)."""

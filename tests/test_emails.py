@@ -28,6 +28,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import jwt
 import pytest
 import trustme
@@ -41,10 +42,19 @@ from sqlmodel import Session
 import models
 from auth import hash_password
 from config import Settings, load_settings
-from conftest import DEFAULT_PASSWORD, MakeSettings, count_notifications, engine_of, login, security_stamp, signup
+from conftest import (
+    DEFAULT_PASSWORD,
+    MakeSettings,
+    count_notifications,
+    engine_of,
+    login,
+    security_stamp,
+    settings_environ,
+    signup,
+)
 from database import create_db_engine
 from emails import INTERRUPTED_ERROR, MAIL_CONCURRENCY, send_email
-from live_server import free_port
+from live_server import copy_app, free_port, running_server
 from main import create_app
 from models import Notification, User
 
@@ -56,8 +66,9 @@ WELCOME_BODY = "Hi ada,\n\nyour account is ready. Log in with your username or e
 RESET_PASSWORD = "/api/v1/auth/reset-password"
 RECOVERY_ANSWER = {"message": "If an account has this email, a password reset token is on its way"}
 INVALID_TOKEN = {"detail": "Invalid or expired token"}
-# A JWT alone on its line: the reset token as the mail and the console log carry it.
-TOKEN_LINE = re.compile(r"^([\w-]+\.[\w-]+\.[\w-]+)$", re.MULTILINE)
+# A JWT alone on its line: the reset token as the mail carries it, and as the console log does,
+# where the line breaks around it are escaped (`\n`).
+TOKEN_LINE = re.compile(r"(?:^|\\n)([\w-]+\.[\w-]+\.[\w-]+)(?:$|\\n)", re.MULTILINE)
 
 
 @dataclass
@@ -210,7 +221,7 @@ def notifications_of(client: TestClient, headers: dict[str, str]) -> list[dict[s
     return notifications
 
 
-def notify(client: TestClient, headers: dict[str, str], **fields: str) -> dict[str, Any]:
+def notify(client: httpx2.Client, headers: dict[str, str], **fields: str) -> dict[str, Any]:
     """POST /notifications/ and return the queued notification's JSON."""
     body = {"email": "bob@example.com", "subject": "Hello", "message": "Plain-text body\n"} | fields
     response = client.post("/api/v1/notifications/", json=body, headers=headers)
@@ -240,7 +251,7 @@ def reset_claims(settings: Settings, user: dict[str, Any], issued: datetime) -> 
         "sub": str(user["id"]),
         "type": "reset",
         "stamp": security_stamp(settings, user["id"]),
-        "email": user["email"],
+        "recovery": security_stamp(settings, user["id"], "recovery_stamp"),
         "iat": issued,
         "exp": issued + timedelta(minutes=settings.RESET_TOKEN_EXPIRE_MINUTES),
     }
@@ -446,12 +457,14 @@ def test_notification_to_an_unknown_recipient_never_shows_the_servers_reply(make
 def test_console_backend_logs_the_notification_and_marks_it_sent(
     client: TestClient, user_headers: dict[str, str], console_log: pytest.LogCaptureFixture
 ) -> None:
-    """Without SMTP_HOST the recipient, subject and body are logged as they are."""
+    """Without SMTP_HOST the recipient, subject and body are logged on one line, their line
+    breaks escaped: a message cannot forge a log line."""
     console_log.clear()
 
-    queued = notify(client, user_headers, subject="Hello", message="First line\nSecond line\n")
+    queued = notify(client, user_headers, subject="Hello", message="First line\n2026-12-04 INFO main: FAKE\x1b[31m\n")
 
-    assert "Console email to bob@example.com\nSubject: Hello\n\nFirst line\nSecond line\n" in console_log.messages
+    escaped = "First line\\n2026-12-04 INFO main: FAKE\\x1b[31m\\n"
+    assert f"Console email to bob@example.com, subject: Hello, body: {escaped}" in console_log.messages
     response = client.get(f"/api/v1/notifications/{queued['id']}", headers=user_headers)
     assert response.json()["status"] == "sent"
     assert response.json()["sent_at"] is not None
@@ -465,9 +478,9 @@ def test_console_backend_logs_the_whole_reset_token_on_one_line(
 
     [record] = [r for r in console_log.records if r.name == "emails"]
     assert record.getMessage().startswith(
-        "Console email to ada@example.com\nSubject: Password recovery for FastAPI Reference API\n\nHi ada,\n"
+        "Console email to ada@example.com, subject: Password recovery for FastAPI Reference API, body: Hi ada,\\n"
     )
-    assert f"\n\n{token}\n\n" in record.getMessage()
+    assert f"\\n\\n{token}\\n\\n" in record.getMessage()
     assert client.post(RESET_PASSWORD, json=reset_body(token)).status_code == 200
     [_welcome, recovery] = notifications_of(client, login(client, "ada", NEW_PASSWORD))
     assert recovery["status"] == "sent"
@@ -692,6 +705,18 @@ def test_password_recovery_rejects_a_bad_email(client: TestClient, body: dict[st
 # --- POST /auth/reset-password ----------------------------------------------------------
 
 
+def test_successful_reset_clears_the_accounts_failed_logins(
+    client: TestClient, user_headers: dict[str, str], console_log: pytest.LogCaptureFixture
+) -> None:
+    """The owner locked out by a guessing script resets the password and logs in at once."""
+    for _ in range(5):
+        wrong = client.post("/api/v1/auth/login", data={"username": "ada", "password": "wrong password"})
+        assert wrong.status_code == 401, wrong.text
+    token = request_reset_token(client, console_log, "ada@example.com")
+    assert client.post(RESET_PASSWORD, json=reset_body(token)).status_code == 200
+    login(client, "ada", NEW_PASSWORD)
+
+
 def test_reset_password_sets_the_new_password_and_revokes_earlier_tokens(
     client: TestClient, user_headers: dict[str, str], console_log: pytest.LogCaptureFixture
 ) -> None:
@@ -892,6 +917,18 @@ def test_reset_token_mailed_before_an_email_change_is_void(
     login(client, "ada")
 
 
+def test_reset_token_mailed_before_an_email_change_stays_void_when_the_address_comes_back(
+    client: TestClient, user_headers: dict[str, str], console_log: pytest.LogCaptureFixture
+) -> None:
+    """A -> B -> A: the token mailed to A before the first change does not come back to life."""
+    token = request_reset_token(client, console_log, "ada@example.com")
+    for address in ("ada.new@example.com", "ada@example.com"):
+        body = {"email": address, "current_password": DEFAULT_PASSWORD}
+        assert client.patch("/api/v1/users/me", headers=user_headers, json=body).status_code == 200
+    assert_reset_refused(client, token)
+    login(client, "ada")
+
+
 def test_reset_token_of_deleted_account_never_resets_another(
     client: TestClient, user_headers: dict[str, str], console_log: pytest.LogCaptureFixture
 ) -> None:
@@ -1006,3 +1043,38 @@ def test_mail_in_flight_is_bounded_and_a_slow_server_holds_no_request_thread(mak
             assert len([future.result() for future in pending]) == queued
     assert mailbox.most_in_flight == MAIL_CONCURRENCY
     assert len(mailbox.deliveries) == 1 + queued
+
+
+def test_no_request_waits_for_mail_while_every_mail_thread_is_stuck(tmp_path: Path, database_url: str) -> None:
+    """A stuck mail server holds all MAIL_CONCURRENCY mail threads; sign-up, recovery and
+    notifications are still answered at once: the bound sits in the background task, after
+    the response, never in the request (SPEC 5). A live server: it answers before its
+    background tasks run, which TestClient waits for."""
+    mailbox = HeldMailbox()
+    with smtp_server(mailbox) as port:
+        environ = settings_environ(
+            database_url,
+            SMTP_HOST="127.0.0.1",
+            SMTP_PORT=str(port),
+            SMTP_TLS="false",
+            SMTP_TIMEOUT_SECONDS="60",
+            NOTIFICATIONS_PER_HOUR="100",
+            LOG_LEVEL="WARNING",
+        )
+        with running_server(copy_app(tmp_path / "app"), started=1, **environ) as server:
+            try:
+                with httpx2.Client(base_url=server.url, timeout=5) as client:
+                    signup(client, "ada")  # the welcome is the first mail held
+                    headers = login(client, "ada")
+                    for number in range(MAIL_CONCURRENCY - 1):
+                        notify(client, headers, subject=f"n{number}")
+                    deadline = time.monotonic() + 10
+                    while mailbox.in_flight < MAIL_CONCURRENCY and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    assert mailbox.in_flight == MAIL_CONCURRENCY
+                    signup(client, "bob")
+                    recovery = client.post("/api/v1/auth/password-recovery", json={"email": "ada@example.com"})
+                    assert recovery.status_code == 202, recovery.text
+                    notify(client, headers)
+            finally:
+                mailbox.release.set()

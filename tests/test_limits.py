@@ -55,6 +55,17 @@ def age(client: TestClient, table: type[LoginFailure] | type[Notification], by: 
         session.commit()
 
 
+def change_email(client: TestClient, headers: dict[str, str], email: str, password: str = DEFAULT_PASSWORD) -> Any:
+    """PATCH /users/me with a new email and `password` as the current one; the response."""
+    return client.patch(f"{API}/users/me", headers=headers, json={"email": email, "current_password": password})
+
+
+def change_password(client: TestClient, headers: dict[str, str], current_password: str) -> Any:
+    """PATCH /users/me/password from `current_password` to a new one; the response."""
+    body = {"current_password": current_password, "new_password": "a brand new password"}
+    return client.patch(f"{API}/users/me/password", headers=headers, json=body)
+
+
 # --- Login throttling -----------------------------------------------------------------
 
 
@@ -143,6 +154,33 @@ def test_throttled_login_spends_no_bcrypt_check(client: TestClient, bcrypt_check
     assert bcrypt_checks == []
 
 
+def test_wrong_current_password_counts_as_a_failed_login(client: TestClient) -> None:
+    """A stolen access token is no way to guess the password: LOGIN_MAX_FAILURES wrong current
+    passwords, on either route, and the account's logins are throttled."""
+    signup(client, "ada")
+    headers = login(client, "ada")
+    for _ in range(2):
+        assert change_email(client, headers, "ada2@example.com", WRONG_PASSWORD).status_code == 400
+    for _ in range(3):
+        assert change_password(client, headers, WRONG_PASSWORD).status_code == 400
+    assert_throttled(try_login(client, "ada"))
+
+
+@pytest.mark.parametrize("route", ["password", "email"])
+def test_password_checking_routes_answer_the_logins_429_while_throttled(client: TestClient, route: str) -> None:
+    """While the account's logins are throttled, the right current password gets the same 429
+    with Retry-After, and nothing changes."""
+    signup(client, "ada")
+    headers = login(client, "ada")
+    fail_logins(client, "ada", 5)
+    if route == "password":
+        response = change_password(client, headers, DEFAULT_PASSWORD)
+    else:
+        response = change_email(client, headers, "ada2@example.com")
+    assert assert_throttled(response) > 0
+    assert client.get(f"{API}/users/me", headers=headers).json()["email"] == "ada@example.com"
+
+
 def test_login_throttling_holds_across_two_workers_and_a_restart(make_settings: MakeSettings) -> None:
     """Two apps on one database (as two workers are) share the count; a third, started
     after both stopped, still refuses."""
@@ -192,6 +230,25 @@ def test_notification_cap_refuses_with_429_and_records_nothing(
         assert "Console email" not in caplog.text
 
 
+def test_email_change_over_the_notification_cap_gets_429_and_changes_nothing(
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The notice of an email change is a notification like any other: NOTIFICATIONS_PER_HOUR=2,
+    the welcome and one change use it up, the next change is a 429 and the email stays."""
+    with TestClient(create_app(make_settings(NOTIFICATIONS_PER_HOUR="2"))) as client:
+        signup(client, "ada")
+        headers = login(client, "ada")
+        assert change_email(client, headers, "ada2@example.com").status_code == 200
+        caplog.clear()
+        response = change_email(client, headers, "stranger@example.com")
+        assert response.status_code == 429, response.text
+        assert response.json() == TOO_MANY_NOTIFICATIONS
+        assert 3600 - 5 <= int(response.headers["Retry-After"]) <= 3600
+        assert client.get(f"{API}/users/me", headers=headers).json()["email"] == "ada2@example.com"
+        assert count_notifications(client) == 2
+        assert "Console email" not in caplog.text
+
+
 def test_notification_cap_counts_the_last_60_minutes_only(make_settings: MakeSettings) -> None:
     """Notifications over an hour old no longer count."""
     with TestClient(create_app(make_settings(NOTIFICATIONS_PER_HOUR="2"))) as client:
@@ -225,7 +282,7 @@ def test_recovery_cap_answers_the_same_202_and_sends_nothing_more(
         assert {(r.status_code, r.text) for r in [*answers, unknown]} == {(answers[0].status_code, answers[0].text)}
         assert answers[0].status_code == 202
         assert count_notifications(client, kind="recovery") == 2
-        assert caplog.text.count("Subject: Password recovery") == 2
+        assert caplog.text.count("subject: Password recovery") == 2
 
 
 def test_every_429_is_documented_with_retry_after(client: TestClient) -> None:

@@ -13,6 +13,7 @@ Imports: config, database, main, middleware, conftest, live_server.
 """
 
 import asyncio
+import json
 import logging
 import re
 import stat
@@ -190,11 +191,46 @@ def test_422_echoes_at_most_100_characters_of_any_input(client: TestClient, user
     long_title = client.post("/api/v1/items/", headers=user_headers, json={"title": "x" * 5000})
     assert long_title.status_code == 422, long_title.text
     assert long_title.json()["detail"][0]["input"] == "x" * 100
-    big_list = client.post("/api/v1/items/", headers=user_headers, json=list(range(100_000)))
+    big_list = client.post("/api/v1/items/", headers=user_headers, json=list(range(10_000)))  # under 64 KiB
     assert big_list.status_code == 422, big_list.text
     [error] = big_list.json()["detail"]
     assert error["loc"] == ["body"]
     assert error["input"].startswith("[0, 1, 2,") and len(error["input"]) <= 100
+
+
+def test_422_echoes_at_most_100_characters_of_an_invalid_email_in_any_field(client: TestClient) -> None:
+    """email-validator names the unsafe characters it found: the message and context are
+    clipped like the input, so no field of the error repeats more than 100 characters."""
+    email = "a" + "".join(chr(code) for code in range(0x2000, 0x2400)) + "@example.com"
+    response = client.post("/api/v1/auth/password-recovery", json={"email": email})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert len(error["input"]) <= 100 and len(error["msg"]) <= 100
+    assert all(len(value) <= 100 for value in error["ctx"].values())
+
+
+def test_422_for_nan_or_infinity_is_valid_json(client: TestClient) -> None:
+    """Python's json.loads accepts NaN and Infinity; the error body is still strict JSON."""
+    body = b'{"email": NaN, "username": Infinity, "password": -Infinity}'
+    response = client.post("/api/v1/users/", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in the error body")
+
+    errors = json.loads(response.text, parse_constant=refuse)["detail"]
+    assert [error["input"] for error in errors] == ["nan", "inf", "-inf"]
+
+
+def test_login_form_in_utf_7_with_a_lone_surrogate_gets_401(client: TestClient) -> None:
+    """`+2AA-` is a lone surrogate in UTF-7: it names no account, it is not a 500."""
+    form = (
+        b'--b\r\nContent-Disposition: form-data; name="username"\r\n\r\n+2AA-\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="password"\r\n\r\nany password\r\n--b--\r\n'
+    )
+    content_type = "multipart/form-data; boundary=b; charset=utf-7"
+    response = client.post("/api/v1/auth/login", content=form, headers={"Content-Type": content_type})
+    assert response.status_code == 401, response.text
 
 
 def test_env_example_documents_every_setting_with_its_default() -> None:
@@ -294,16 +330,16 @@ BODY_ENDPOINTS = [("/api/v1/users/", "application/json"), ("/api/v1/auth/login",
 
 
 @pytest.mark.parametrize(("path", "content_type"), BODY_ENDPOINTS)
-def test_body_over_1_mib_with_content_length_gets_413(client: TestClient, path: str, content_type: str) -> None:
-    """1 MiB + 1 byte announced in Content-Length is refused."""
+def test_body_over_64_kib_with_content_length_gets_413(client: TestClient, path: str, content_type: str) -> None:
+    """64 KiB + 1 byte announced in Content-Length is refused."""
     response = client.post(path, content=b"x" * (MAX_BODY_BYTES + 1), headers={"Content-Type": content_type})
     assert response.status_code == 413, response.text
     assert response.json() == {"detail": "Request body too large"}
 
 
 @pytest.mark.parametrize(("path", "content_type"), BODY_ENDPOINTS)
-def test_body_over_1_mib_chunked_gets_413(client: TestClient, path: str, content_type: str) -> None:
-    """1 MiB + 1 byte sent chunked (no Content-Length) is refused too."""
+def test_body_over_64_kib_chunked_gets_413(client: TestClient, path: str, content_type: str) -> None:
+    """64 KiB + 1 byte sent chunked (no Content-Length) is refused too."""
 
     def chunks() -> Iterator[bytes]:
         yield b"x" * MAX_BODY_BYTES
@@ -315,15 +351,28 @@ def test_body_over_1_mib_chunked_gets_413(client: TestClient, path: str, content
     assert response.json() == {"detail": "Request body too large"}
 
 
-def test_body_of_exactly_1_mib_is_accepted(client: TestClient) -> None:
-    """The limit is inclusive: 1 MiB reaches the endpoint (and fails as bad JSON)."""
+def test_limit_is_64_kib_enough_for_the_largest_notification(client: TestClient, user_headers: dict[str, str]) -> None:
+    """The largest valid body, a notification with every field at its longest (UTF-8, no
+    escapes), is accepted; 1 MiB of small nested arrays, the costliest JSON to parse, is a
+    413 before it is parsed (SPEC 5)."""
+    assert MAX_BODY_BYTES == 64 * 1024
+    longest = {"email": "b" * 64 + "@" + "e" * 60 + ".com", "subject": "é" * 255, "message": "€" * 10_000}
+    response = client.post("/api/v1/notifications/", headers=user_headers, json=longest)
+    assert response.status_code == 202, response.text
+    nested = b"[" + b"[[[]]]," * 150_000 + b"[]]"
+    response = client.post("/api/v1/users/", content=nested, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+
+
+def test_body_of_exactly_64_kib_is_accepted(client: TestClient) -> None:
+    """The limit is inclusive: 64 KiB reaches the endpoint (and fails as bad JSON)."""
     body = b"x" * MAX_BODY_BYTES
     response = client.post("/api/v1/users/", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 422, response.text
 
 
-def test_body_of_exactly_1_mib_chunked_is_accepted(client: TestClient) -> None:
-    """The same 1 MiB sent chunked also reaches the endpoint."""
+def test_body_of_exactly_64_kib_chunked_is_accepted(client: TestClient) -> None:
+    """The same 64 KiB sent chunked also reaches the endpoint."""
 
     def chunks() -> Iterator[bytes]:
         yield b"x" * (MAX_BODY_BYTES - 1)
@@ -335,9 +384,9 @@ def test_body_of_exactly_1_mib_chunked_is_accepted(client: TestClient) -> None:
 
 
 def test_body_limit_stops_reading_a_large_chunked_body_early(settings: Settings) -> None:
-    """A 16 MiB chunked body gets 413 once a little over 1 MiB has been read, not after all of it."""
+    """A 16 MiB chunked body gets 413 once a little over 64 KiB has been read, not after all of it."""
     app = create_app(settings)
-    chunk, chunks_in_body = b"x" * (64 * 1024), 256
+    chunk, chunks_in_body = b"x" * (4 * 1024), 4096
     chunks_read = 0
     sent: list[Message] = []
 
@@ -374,6 +423,13 @@ def test_cors_listed_origin_is_allowed_with_credentials(cors_client: TestClient)
     assert response.headers["Access-Control-Allow-Origin"] == LISTED_ORIGIN
     assert response.headers["Access-Control-Allow-Credentials"] == "true"
     assert "X-Request-ID" in response.headers["Access-Control-Expose-Headers"]
+
+
+def test_cors_exposes_retry_after_to_browser_clients(cors_client: TestClient) -> None:
+    """A page on the listed origin can read when to come back after a 429."""
+    response = cors_client.get("/health", headers={"Origin": LISTED_ORIGIN})
+    exposed = {name.strip().lower() for name in response.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"x-request-id", "retry-after"} <= exposed
 
 
 def test_cors_preflight_from_listed_origin_is_allowed(cors_client: TestClient) -> None:
@@ -568,6 +624,27 @@ def test_dev_server_without_secret_key_starts_logs_one_warning_and_logs_to_stder
     assert stderr.count(SECRET_KEY_WARNING) == 1
     assert re.search(r"GET /health 200 \d+\.\dms request_id=live-1\n", stderr)
     assert "request_id=" not in server.stdout_path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("environ", "warning"),
+    [({}, SECRET_KEY_WARNING), ({"ENVIRONMENT": "production", "SECRET_KEY": TEST_SECRET_KEY}, "SMTP_HOST is not set")],
+)
+def test_start_up_warnings_have_the_log_format_with_level_and_time(
+    app_dir: Path, environ: dict[str, str], warning: str
+) -> None:
+    """Warnings printed while the settings load look like every later line (SPEC 7)."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import main"],
+        cwd=app_dir,
+        env=child_environ(**environ),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_SECONDS,
+    )
+    assert result.returncode == 0, result.stderr
+    line = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING config: "
+    assert re.search(line + re.escape(warning), result.stderr, re.MULTILINE), result.stderr
 
 
 def test_dev_secret_key_tokens_survive_a_restart(app_dir: Path) -> None:

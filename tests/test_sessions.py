@@ -19,7 +19,7 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
-from sqlmodel import Session, func, select
+from sqlmodel import Session, func, select, update
 
 from conftest import (
     DEFAULT_PASSWORD,
@@ -31,7 +31,7 @@ from conftest import (
     signup,
 )
 from live_server import copy_app, running_server
-from models import LoginSession
+from models import LoginSession, User
 
 API = "/api/v1"
 BAD_TOKEN = {"detail": "Could not validate credentials"}
@@ -122,6 +122,26 @@ def test_refresh_returns_a_new_pair_that_works(client: TestClient, ada: Tokens) 
     assert rotated.refresh_token != ada.refresh_token
     assert me(client, rotated) == 200
     assert refresh(client, rotated.refresh_token).status_code == 200
+
+
+def test_every_refresh_returns_an_access_token_never_seen_before(client: TestClient, ada: Tokens) -> None:
+    """Refreshes within one second (one `iat`) still give distinct access tokens: each has its `jti`."""
+    access_tokens = {ada.access_token}
+    refresh_token = ada.refresh_token
+    for _ in range(3):
+        body = refresh(client, refresh_token).json()
+        access_tokens.add(body["access_token"])
+        refresh_token = body["refresh_token"]
+    assert len(access_tokens) == 4
+
+
+def test_refresh_token_whose_stamp_is_not_current_gets_401(client: TestClient, ada: Tokens) -> None:
+    """A session that outlived a change of the account's stamp (a login that raced a password
+    change, say) is no way back in: the refresh compares the token's stamp with the user's."""
+    with Session(engine_of(client)) as session:
+        session.exec(update(User).values(security_stamp="replaced meanwhile"))
+        session.commit()
+    assert_refused(refresh(client, ada.refresh_token))
 
 
 def test_reused_refresh_token_gets_401_and_ends_its_whole_session(client: TestClient, ada: Tokens) -> None:

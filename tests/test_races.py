@@ -1,0 +1,198 @@
+"""Two requests racing on one row (SPEC 5): each race played the same way every time.
+
+Patterns shown:
+- `paused_before` (conftest.py) holds one request just before an SQL statement, in a thread
+  of its own, while the test sends the request that races it; then lets it go on. No
+  sleeps, no luck: the losing order happens on every run, on SQLite and PostgreSQL alike.
+- What the loser must get: never a 5xx. A write to a row deleted meanwhile is a 404, or the
+  deleted user's 401 when the row was the caller's own account; a login whose account
+  changed while its password was checked gets no session.
+
+Imports: conftest.
+"""
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx2
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, engine_of, login, paused_before, signup
+
+API = "/api/v1"
+USER = '"?user"?'  # PostgreSQL quotes the table name, SQLite does not
+BAD_CREDENTIALS = {"detail": "Incorrect username or password"}
+BAD_TOKEN = {"detail": "Could not validate credentials"}
+NOT_FOUND = {"detail": "Not found"}
+
+
+def race(
+    client: TestClient, pattern: str, paused: Callable[[], httpx2.Response], racing: Callable[[], Any]
+) -> httpx2.Response:
+    """Run `paused` until it reaches the statement `pattern`, run `racing` to its end, then let
+    `paused` go on; its response."""
+    with ThreadPoolExecutor(max_workers=1) as pool, paused_before(engine_of(client), pattern) as pause:
+        response = pool.submit(paused)
+        assert pause.reached.wait(timeout=10), "the paused request never reached its statement"
+        racing()
+        pause.release.set()
+        return response.result(timeout=10)
+
+
+@pytest.fixture(name="ada")
+def ada_fixture(client: TestClient) -> dict[str, str]:
+    """Headers of ada, signed up and logged in."""
+    signup(client, "ada")
+    return login(client, "ada")
+
+
+@pytest.fixture(name="admin")
+def admin_fixture(client: TestClient) -> dict[str, str]:
+    return login(client, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+
+
+def log_in_ada(client: TestClient) -> Callable[[], httpx2.Response]:
+    return lambda: client.post(f"{API}/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD})
+
+
+def test_login_racing_a_password_change_gets_no_session(client: TestClient, ada: dict[str, str]) -> None:
+    """The password was right when checked, and changed before the session was stored: 401."""
+    new_password = {"current_password": DEFAULT_PASSWORD, "new_password": "a brand new password"}
+
+    def change_password() -> None:
+        assert client.patch(f"{API}/users/me/password", headers=ada, json=new_password).status_code == 200
+
+    response = race(client, "^DELETE FROM loginfailure", log_in_ada(client), change_password)
+    assert response.status_code == 401, response.text
+    assert response.json() == BAD_CREDENTIALS
+
+
+def test_login_racing_a_deactivation_and_reactivation_gets_no_session(
+    client: TestClient, ada: dict[str, str], admin: dict[str, str]
+) -> None:
+    """Deactivating ends every session, reactivating brings none back: a login checked in
+    between gets none either."""
+    ada_id = client.get(f"{API}/users/me", headers=ada).json()["id"]
+
+    def deactivate_and_reactivate() -> None:
+        for active in (False, True):
+            response = client.patch(f"{API}/users/{ada_id}", headers=admin, json={"is_active": active})
+            assert response.status_code == 200, response.text
+
+    response = race(client, "^DELETE FROM loginfailure", log_in_ada(client), deactivate_and_reactivate)
+    assert response.status_code == 401, response.text
+
+
+def test_login_racing_the_deletion_of_its_account_gets_401(client: TestClient, ada: dict[str, str]) -> None:
+    def delete_account() -> None:
+        assert client.delete(f"{API}/users/me", headers=ada).status_code == 204
+
+    response = race(client, "^DELETE FROM loginfailure", log_in_ada(client), delete_account)
+    assert response.status_code == 401, response.text
+    assert response.json() == BAD_CREDENTIALS
+
+
+def test_item_update_racing_its_deletion_gets_404(client: TestClient, ada: dict[str, str]) -> None:
+    item = client.post(f"{API}/items/", headers=ada, json={"title": "raced"}).json()
+    url = f"{API}/items/{item['id']}"
+
+    response = race(
+        client,
+        "^UPDATE item SET",
+        lambda: client.patch(url, headers=ada, json={"title": "late"}),
+        lambda: client.delete(url, headers=ada),
+    )
+    assert response.status_code == 404, response.text
+    assert response.json() == NOT_FOUND
+
+
+def test_item_deletion_racing_another_deletion_gets_404(client: TestClient, ada: dict[str, str]) -> None:
+    item = client.post(f"{API}/items/", headers=ada, json={"title": "raced"}).json()
+    url = f"{API}/items/{item['id']}"
+
+    def delete_first() -> None:
+        assert client.delete(url, headers=ada).status_code == 204
+
+    response = race(client, "^DELETE FROM item", lambda: client.delete(url, headers=ada), delete_first)
+    assert response.status_code == 404, response.text
+
+
+def test_superuser_update_racing_the_users_deletion_gets_404(
+    client: TestClient, ada: dict[str, str], admin: dict[str, str]
+) -> None:
+    url = f"{API}/users/{client.get(f'{API}/users/me', headers=ada).json()['id']}"
+
+    response = race(
+        client,
+        f"^UPDATE {USER} SET",
+        lambda: client.patch(url, headers=admin, json={"full_name": "Late"}),
+        lambda: client.delete(url, headers=admin),
+    )
+    assert response.status_code == 404, response.text
+
+
+def test_own_update_racing_the_deletion_of_the_account_gets_401(client: TestClient, ada: dict[str, str]) -> None:
+    response = race(
+        client,
+        f"^UPDATE {USER} SET",
+        lambda: client.patch(f"{API}/users/me", headers=ada, json={"full_name": "Late"}),
+        lambda: client.delete(f"{API}/users/me", headers=ada),
+    )
+    assert response.status_code == 401, response.text
+    assert response.json() == BAD_TOKEN
+
+
+def test_password_change_racing_the_deletion_of_the_account_gets_401(client: TestClient, ada: dict[str, str]) -> None:
+    new_password = {"current_password": DEFAULT_PASSWORD, "new_password": "a brand new password"}
+    response = race(
+        client,
+        f"^UPDATE {USER} SET",
+        lambda: client.patch(f"{API}/users/me/password", headers=ada, json=new_password),
+        lambda: client.delete(f"{API}/users/me", headers=ada),
+    )
+    assert response.status_code == 401, response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "pattern"),
+    [
+        ("items", {"title": "late"}, "^INSERT INTO item"),
+        # Before the owner's row is locked for the hourly cap (a lock the deletion would wait for).
+        (
+            "notifications",
+            {"email": "bob@example.com", "subject": "s", "message": "m"},
+            f"^SELECT {USER}.id\\s+FROM {USER}\\s+WHERE {USER}.id = ",
+        ),
+    ],
+)
+def test_create_racing_the_deletion_of_its_account_gets_401(
+    client: TestClient, ada: dict[str, str], path: str, body: dict[str, str], pattern: str
+) -> None:
+    """The caller was authenticated, then their account went: the foreign key refuses the
+    new row, and the answer is the deleted user's 401."""
+    response = race(
+        client,
+        pattern,
+        lambda: client.post(f"{API}/{path}/", headers=ada, json=body),
+        lambda: client.delete(f"{API}/users/me", headers=ada),
+    )
+    assert response.status_code == 401, response.text
+    assert response.json() == BAD_TOKEN
+
+
+def test_recovery_racing_the_deletion_of_its_account_sends_nothing_and_logs_no_traceback(
+    client: TestClient, ada: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background task found the account, which went before the reset mail was recorded."""
+    caplog.clear()
+    response = race(
+        client,
+        f"^SELECT {USER}.id\\s+FROM {USER}\\s+WHERE {USER}.id = ",
+        lambda: client.post(f"{API}/auth/password-recovery", json={"email": "ada@example.com"}),
+        lambda: client.delete(f"{API}/users/me", headers=ada),
+    )
+    assert response.status_code == 202, response.text
+    assert "subject: Password recovery" not in caplog.text  # no mail
+    assert not [record for record in caplog.records if record.levelname == "ERROR" or record.exc_info]
