@@ -84,7 +84,7 @@ if ! pm build --format docker "${ulimits[@]}" --network host \
   fail "podman build"
 fi
 size=$(pm image inspect --format '{{.Size}}' "$image")
-say "image built: $((size / 1000000)) MB ($size bytes)"
+say "image built: $(((size + 500000) / 1000000)) MB ($size bytes)"
 
 # --- the image -----------------------------------------------------------------------------------------------------
 user=$(pm image inspect --format '{{.Config.User}}' "$image")
@@ -103,9 +103,15 @@ say "ok: HEALTHCHECK on /health"
 pm create --name "$container-probe" "${run_flags[@]}" "$image" >/dev/null
 pm export "$container-probe" | tar -t >"$work/files"
 pm rm --volumes "$container-probe" >/dev/null
-unwanted=$(grep -E '(^|/)(\.git|\.env|\.secret_key[^/]*)(/|$)|^(\./)?(app|data)/.*\.(db|db-wal|db-shm|db-journal|sqlite3?)$|^(\./)?app/(test_[^/]*\.py|conftest\.py|tests/.*)$' "$work/files" || true)
+unwanted_patterns=(
+  '(^|/)(\.git|\.env(\.[^/]*)?|\.secret_key[^/]*)(/|$)'         # a repository, local settings, the development key
+  '^(\./)?(app|data)/.*\.(db|db-wal|db-shm|db-journal|sqlite3?)$' # a database
+  '^(\./)?app/(test_[^/]*\.py|conftest\.py|tests/.*)$'           # the tests
+)
+unwanted=$(grep -E "$(IFS='|'; echo "${unwanted_patterns[*]}")" "$work/files" || true)
 [ -z "$unwanted" ] || fail "the image holds files it must not: $(head -n 5 <<<"$unwanted" | tr '\n' ' ')"
-say "ok: no .git, .env, database, key file or tests in the image ($(grep -c '^\(\./\)\?app/' "$work/files") entries under /app)"
+app_files=$(grep -c '^\(\./\)\?app/' "$work/files")
+say "ok: no .git, .env, database, key file or tests in the image ($app_files entries under /app)"
 
 # --- running it ------------------------------------------------------------------------------------------------------
 secret_key=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')
@@ -138,13 +144,15 @@ start() {
   fail "$name: /health did not answer within 60 s"
 }
 
-# http METHOD PATH PORT EXPECTED [curl options...]: one request; fails unless the status is EXPECTED.
+# http METHOD PATH PORT EXPECTED [curl options...]: one request; fails unless the status is EXPECTED (saying $hint).
+hint=""
 http() {
   local method=$1 path=$2 port=$3 expected=$4
   shift 4
   local code
   code=$(curl -sS -o "$work/body" -w '%{http_code}' -X "$method" "$@" "http://127.0.0.1:$port$path") || code=000
-  [ "$code" = "$expected" ] || fail "$method $path -> $code, expected $expected: $(head -c 300 "$work/body")"
+  [ "$code" = "$expected" ] \
+    || fail "$method $path -> $code, expected $expected: $(head -c 300 "$work/body")${hint:+ ($hint)}"
   say "ok: $method $path -> $code"
 }
 
@@ -169,7 +177,8 @@ say "SQLite: without SECRET_KEY the image refuses to start"
 if pm run --rm "${run_flags[@]}" -v "$volume:/data" "$image" >"$work/refused" 2>&1; then
   fail "the image started in production without a SECRET_KEY"
 fi
-grep -q 'Configuration error: SECRET_KEY' "$work/refused" || fail "no one-line reason: $(tail -n 3 "$work/refused")"
+grep -q 'Configuration error: SECRET_KEY' "$work/refused" \
+  || fail "it stopped without the one-line reason, ending with: $(tail -n 1 "$work/refused")"
 say "ok: $(grep 'Configuration error' "$work/refused")"
 
 say "SQLite: from its own CMD, with only ENVIRONMENT=production and SECRET_KEY, on the volume $volume"
@@ -184,7 +193,9 @@ pm rm --force --volumes --time 10 "$container-a" >/dev/null
 say "removed $container-a; a new container on the same volume:"
 port=$(free_port)
 start "$container-b" "$port" -p "127.0.0.1:$port:8000" -v "$volume:/data" --
+hint="the user signed up in $container-a is gone: the data did not outlive its container"
 log_in "$port"
+hint=""
 say "ok: SQLite: the user outlived the container"
 pm rm --force --volumes --time 10 "$container-b" >/dev/null
 
@@ -202,8 +213,10 @@ if [ -n "$pg_url" ]; then
   pm rm --force --volumes --time 10 "$container-a" >/dev/null
   say "removed $container-a; a new container on the same database:"
   start "$container-b" "$port" "${pg_run[@]}" "${app_command[@]}"
+  hint="the user signed up in $container-a is gone from PostgreSQL"
   log_in "$port"
+  hint=""
   say "ok: PostgreSQL: the user outlived the container"
 fi
 
-say "passed in $((SECONDS - started)) s; image size $((size / 1000000)) MB"
+say "passed in $((SECONDS - started)) s; image size $(((size + 500000) / 1000000)) MB"
