@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The container check: build the Dockerfile, run the image as a deployment would, check what it promises.
 #   bash .ci/container.sh                  SQLite only
-#   bash .ci/container.sh DATABASE_URL     then the same image on that (empty) PostgreSQL database
+#   bash .ci/container.sh DATABASE_URL     then the same image on that PostgreSQL database (best a fresh one)
 # .ci/run calls it while its PostgreSQL cluster is up. Needs root (rootful podman) on Debian; installs podman,
 # runc and debootstrap when missing.
 #
@@ -30,13 +30,14 @@ volume=fastapi-reference-ci-$run_id
 work=$(mktemp -d)
 started=$SECONDS
 
-# Without systemd, podman logs an error for each healthcheck timer it cannot add or remove: harmless here, dropped.
+# Without systemd, podman 4.3 logs an error for each healthcheck timer it cannot add or remove (even with
+# --health-interval disable): harmless here, and dropped.
 pm() {
   podman --runtime runc --cgroup-manager cgroupfs "$@" 2> >(grep -v 'unable to get systemd connection' >&2)
 }
 ulimits=(--ulimit nofile=20000:20000 --ulimit nproc=4096:4096)
-# Containers started here: the sandbox's ulimits, and no healthcheck timer (podman's needs systemd, absent here;
-# the check runs the HEALTHCHECK itself with `podman healthcheck run`).
+# Containers started here: the sandbox's ulimits, and no healthcheck timer (podman's timers need systemd; the check
+# runs the HEALTHCHECK itself, with `podman healthcheck run`).
 run_flags=("${ulimits[@]}" --health-interval disable)
 
 cleanup() {
