@@ -1,9 +1,10 @@
 -- wrk script for bench/run.py: one scenario, chosen by environment variables.
 --
---   BENCH_SCENARIO  health | me | items | create_item | login | mix
+--   BENCH_SCENARIO  health | me | items | create_item | login | mix | recovery
 --   BENCH_PREFIX    the API prefix, e.g. /api/v1
---   BENCH_TOKEN     a bearer token (every scenario but health and login)
+--   BENCH_TOKEN     a bearer token (every scenario but health, login and recovery)
 --   BENCH_LOGIN     username=...&password=... (login only)
+--   BENCH_RECOVERY  {"email": ...} (recovery only: POST /auth/password-recovery)
 --
 -- A fixed request is set once on `wrk` (wrk then sends it as is, the fastest way);
 -- only the mix defines `request()`, which picks a request per call.
@@ -35,6 +36,11 @@ elseif scenario == "login" then
   wrk.path = prefix .. "/auth/login"
   wrk.headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
   wrk.body = os.getenv("BENCH_LOGIN")
+elseif scenario == "recovery" then
+  wrk.method = "POST"
+  wrk.path = prefix .. "/auth/password-recovery"
+  wrk.headers = { ["Content-Type"] = "application/json" }
+  wrk.body = os.getenv("BENCH_RECOVERY")
 elseif scenario == "mix" then
   -- 90% reads (half GET /users/me, half GET /items/?limit=20), 10% POST /items/.
   local requests = {}
