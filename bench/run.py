@@ -70,8 +70,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -282,30 +284,46 @@ def seed_database(database_url: str) -> None:
     """Add the bench users to a served database: the three scenario users own
     `ITEMS_PER_USER` items each, the storm users own nothing (they only log in).
 
-    Called once the server has started, so its own start-up has created the tables.
-    Passwords are hashed with bcrypt at 12 rounds, as `auth.hash_password` does (`auth`
-    itself is not imported: it reads the settings). Users that exist are skipped, so a
-    database shared by both servers is seeded once.
+    Called once the server has started, so its own start-up has created the tables. The
+    tables are read from the database, not from a models.py: an `--against` version may
+    have other columns. Passwords are hashed with bcrypt at 12 rounds, as
+    `auth.hash_password` does. Users that exist are skipped, so a database shared by both
+    servers is seeded once.
     """
     import bcrypt
-    from sqlmodel import Session, create_engine, select
-
-    from models import Item, User
+    from sqlalchemy import MetaData, create_engine, insert, select
 
     engine = create_engine(database_url)
+    tables = MetaData()
+    with warnings.catch_warnings():  # the lower(username) index is not reflected; not needed here
+        warnings.filterwarnings("ignore", message="Skipped unsupported reflection")
+        tables.reflect(engine, only=["user", "item"])
+    user, item = tables.tables["user"], tables.tables["item"]
     hashed_password = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(BCRYPT_ROUNDS)).decode()
-    with Session(engine) as session:
+    now = datetime.now(UTC).replace(tzinfo=None)  # UTC, as the app stores it on SQLite
+    with engine.begin() as connection:
         for username in (READER, WRITER, MIXER, *STORM_USERS):
-            if session.exec(select(User).where(User.username == username)).first() is not None:
+            if connection.execute(select(user.c.id).where(user.c.username == username)).first() is not None:
                 continue
-            user = User(email=f"{username}@example.com", username=username, hashed_password=hashed_password)
-            session.add(user)
-            session.flush()
+            row = {
+                "email": f"{username}@example.com",
+                "username": username,
+                "hashed_password": hashed_password,
+                "is_active": True,
+                "is_superuser": False,
+                "security_stamp": secrets.token_hex(16),
+                "created_at": now,
+                "updated_at": now,
+            }
+            user_id = connection.execute(insert(user).values(row).returning(user.c.id)).scalar_one()
             if username in STORM_USERS:
                 continue
-            for number in range(ITEMS_PER_USER):
-                session.add(Item(title=f"Item {number}", description="Seeded by bench/run.py", owner_id=user.id))
-        session.commit()
+            items = [
+                {"title": f"Item {number}", "description": "Seeded by bench/run.py", "owner_id": user_id}
+                | {"created_at": now, "updated_at": now}
+                for number in range(ITEMS_PER_USER)
+            ]
+            connection.execute(insert(item), items)
     engine.dispose()
 
 

@@ -51,6 +51,18 @@ PROCESS_SECONDS = 30
 # --- Fixtures and helpers --------------------------------------------------------------
 
 
+def import_main(app_dir: Path, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -c "import main"` in `app_dir` with only `environ` set: what start-up prints."""
+    return subprocess.run(
+        [sys.executable, "-c", "import main"],
+        cwd=app_dir,
+        env=child_environ(**environ),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_SECONDS,
+    )
+
+
 @pytest.fixture(name="app_dir")
 def app_dir_fixture(tmp_path: Path) -> Path:
     """A copy of the application (modules and migrations), to run as a fresh checkout would."""
@@ -578,14 +590,7 @@ def test_load_settings_production_accepts_a_32_character_key() -> None:
 @pytest.mark.parametrize(("environ", "message"), BAD_SETTINGS, ids=BAD_SETTINGS_IDS)
 def test_start_up_bad_value_exits_with_one_line_naming_it(app_dir: Path, environ: dict[str, str], message: str) -> None:
     """`import main` with a bad value exits 1 with one stderr line and no traceback."""
-    result = subprocess.run(
-        [sys.executable, "-c", "import main"],
-        cwd=app_dir,
-        env=child_environ(**environ),
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_SECONDS,
-    )
+    result = import_main(app_dir, environ)
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"Configuration error: {message}\n"
     assert not (app_dir / ".secret_key").exists()
@@ -634,14 +639,7 @@ def test_start_up_warnings_have_the_log_format_with_level_and_time(
     app_dir: Path, environ: dict[str, str], warning: str
 ) -> None:
     """Warnings printed while the settings load look like every later line (SPEC 7)."""
-    result = subprocess.run(
-        [sys.executable, "-c", "import main"],
-        cwd=app_dir,
-        env=child_environ(**environ),
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_SECONDS,
-    )
+    result = import_main(app_dir, environ)
     assert result.returncode == 0, result.stderr
     line = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING config: "
     assert re.search(line + re.escape(warning), result.stderr, re.MULTILINE), result.stderr

@@ -4,6 +4,7 @@ Patterns shown:
 - `paused_before` (conftest.py) holds one request just before an SQL statement, in a thread
   of its own, while the test sends the request that races it; then lets it go on. No
   sleeps, no luck: the losing order happens on every run, on SQLite and PostgreSQL alike.
+- `user_headers` (ada) and `superuser_headers` come from conftest.py.
 - What the loser must get: never a 5xx. A write to a row deleted meanwhile is a 404, or the
   deleted user's 401 when the row was the caller's own account; a login whose account
   changed while its password was checked gets no session.
@@ -19,7 +20,7 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, engine_of, login, paused_before, signup
+from conftest import DEFAULT_PASSWORD, engine_of, paused_before
 
 API = "/api/v1"
 USER = '"?user"?'  # PostgreSQL quotes the table name, SQLite does not
@@ -41,28 +42,16 @@ def race(
         return response.result(timeout=10)
 
 
-@pytest.fixture(name="ada")
-def ada_fixture(client: TestClient) -> dict[str, str]:
-    """Headers of ada, signed up and logged in."""
-    signup(client, "ada")
-    return login(client, "ada")
-
-
-@pytest.fixture(name="admin")
-def admin_fixture(client: TestClient) -> dict[str, str]:
-    return login(client, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
-
-
 def log_in_ada(client: TestClient) -> Callable[[], httpx2.Response]:
     return lambda: client.post(f"{API}/auth/login", data={"username": "ada", "password": DEFAULT_PASSWORD})
 
 
-def test_login_racing_a_password_change_gets_no_session(client: TestClient, ada: dict[str, str]) -> None:
+def test_login_racing_a_password_change_gets_no_session(client: TestClient, user_headers: dict[str, str]) -> None:
     """The password was right when checked, and changed before the session was stored: 401."""
     new_password = {"current_password": DEFAULT_PASSWORD, "new_password": "a brand new password"}
 
     def change_password() -> None:
-        assert client.patch(f"{API}/users/me/password", headers=ada, json=new_password).status_code == 200
+        assert client.patch(f"{API}/users/me/password", headers=user_headers, json=new_password).status_code == 200
 
     response = race(client, "^DELETE FROM loginfailure", log_in_ada(client), change_password)
     assert response.status_code == 401, response.text
@@ -70,87 +59,91 @@ def test_login_racing_a_password_change_gets_no_session(client: TestClient, ada:
 
 
 def test_login_racing_a_deactivation_and_reactivation_gets_no_session(
-    client: TestClient, ada: dict[str, str], admin: dict[str, str]
+    client: TestClient, user_headers: dict[str, str], superuser_headers: dict[str, str]
 ) -> None:
     """Deactivating ends every session, reactivating brings none back: a login checked in
     between gets none either."""
-    ada_id = client.get(f"{API}/users/me", headers=ada).json()["id"]
+    ada_id = client.get(f"{API}/users/me", headers=user_headers).json()["id"]
 
     def deactivate_and_reactivate() -> None:
         for active in (False, True):
-            response = client.patch(f"{API}/users/{ada_id}", headers=admin, json={"is_active": active})
+            response = client.patch(f"{API}/users/{ada_id}", headers=superuser_headers, json={"is_active": active})
             assert response.status_code == 200, response.text
 
     response = race(client, "^DELETE FROM loginfailure", log_in_ada(client), deactivate_and_reactivate)
     assert response.status_code == 401, response.text
 
 
-def test_login_racing_the_deletion_of_its_account_gets_401(client: TestClient, ada: dict[str, str]) -> None:
+def test_login_racing_the_deletion_of_its_account_gets_401(client: TestClient, user_headers: dict[str, str]) -> None:
     def delete_account() -> None:
-        assert client.delete(f"{API}/users/me", headers=ada).status_code == 204
+        assert client.delete(f"{API}/users/me", headers=user_headers).status_code == 204
 
     response = race(client, "^DELETE FROM loginfailure", log_in_ada(client), delete_account)
     assert response.status_code == 401, response.text
     assert response.json() == BAD_CREDENTIALS
 
 
-def test_item_update_racing_its_deletion_gets_404(client: TestClient, ada: dict[str, str]) -> None:
-    item = client.post(f"{API}/items/", headers=ada, json={"title": "raced"}).json()
+def test_item_update_racing_its_deletion_gets_404(client: TestClient, user_headers: dict[str, str]) -> None:
+    item = client.post(f"{API}/items/", headers=user_headers, json={"title": "raced"}).json()
     url = f"{API}/items/{item['id']}"
 
     response = race(
         client,
         "^UPDATE item SET",
-        lambda: client.patch(url, headers=ada, json={"title": "late"}),
-        lambda: client.delete(url, headers=ada),
+        lambda: client.patch(url, headers=user_headers, json={"title": "late"}),
+        lambda: client.delete(url, headers=user_headers),
     )
     assert response.status_code == 404, response.text
     assert response.json() == NOT_FOUND
 
 
-def test_item_deletion_racing_another_deletion_gets_404(client: TestClient, ada: dict[str, str]) -> None:
-    item = client.post(f"{API}/items/", headers=ada, json={"title": "raced"}).json()
+def test_item_deletion_racing_another_deletion_gets_404(client: TestClient, user_headers: dict[str, str]) -> None:
+    item = client.post(f"{API}/items/", headers=user_headers, json={"title": "raced"}).json()
     url = f"{API}/items/{item['id']}"
 
     def delete_first() -> None:
-        assert client.delete(url, headers=ada).status_code == 204
+        assert client.delete(url, headers=user_headers).status_code == 204
 
-    response = race(client, "^DELETE FROM item", lambda: client.delete(url, headers=ada), delete_first)
+    response = race(client, "^DELETE FROM item", lambda: client.delete(url, headers=user_headers), delete_first)
     assert response.status_code == 404, response.text
 
 
 def test_superuser_update_racing_the_users_deletion_gets_404(
-    client: TestClient, ada: dict[str, str], admin: dict[str, str]
+    client: TestClient, user_headers: dict[str, str], superuser_headers: dict[str, str]
 ) -> None:
-    url = f"{API}/users/{client.get(f'{API}/users/me', headers=ada).json()['id']}"
+    url = f"{API}/users/{client.get(f'{API}/users/me', headers=user_headers).json()['id']}"
 
     response = race(
         client,
         f"^UPDATE {USER} SET",
-        lambda: client.patch(url, headers=admin, json={"full_name": "Late"}),
-        lambda: client.delete(url, headers=admin),
+        lambda: client.patch(url, headers=superuser_headers, json={"full_name": "Late"}),
+        lambda: client.delete(url, headers=superuser_headers),
     )
     assert response.status_code == 404, response.text
 
 
-def test_own_update_racing_the_deletion_of_the_account_gets_401(client: TestClient, ada: dict[str, str]) -> None:
+def test_own_update_racing_the_deletion_of_the_account_gets_401(
+    client: TestClient, user_headers: dict[str, str]
+) -> None:
     response = race(
         client,
         f"^UPDATE {USER} SET",
-        lambda: client.patch(f"{API}/users/me", headers=ada, json={"full_name": "Late"}),
-        lambda: client.delete(f"{API}/users/me", headers=ada),
+        lambda: client.patch(f"{API}/users/me", headers=user_headers, json={"full_name": "Late"}),
+        lambda: client.delete(f"{API}/users/me", headers=user_headers),
     )
     assert response.status_code == 401, response.text
     assert response.json() == BAD_TOKEN
 
 
-def test_password_change_racing_the_deletion_of_the_account_gets_401(client: TestClient, ada: dict[str, str]) -> None:
+def test_password_change_racing_the_deletion_of_the_account_gets_401(
+    client: TestClient, user_headers: dict[str, str]
+) -> None:
     new_password = {"current_password": DEFAULT_PASSWORD, "new_password": "a brand new password"}
     response = race(
         client,
         f"^UPDATE {USER} SET",
-        lambda: client.patch(f"{API}/users/me/password", headers=ada, json=new_password),
-        lambda: client.delete(f"{API}/users/me", headers=ada),
+        lambda: client.patch(f"{API}/users/me/password", headers=user_headers, json=new_password),
+        lambda: client.delete(f"{API}/users/me", headers=user_headers),
     )
     assert response.status_code == 401, response.text
 
@@ -168,22 +161,22 @@ def test_password_change_racing_the_deletion_of_the_account_gets_401(client: Tes
     ],
 )
 def test_create_racing_the_deletion_of_its_account_gets_401(
-    client: TestClient, ada: dict[str, str], path: str, body: dict[str, str], pattern: str
+    client: TestClient, user_headers: dict[str, str], path: str, body: dict[str, str], pattern: str
 ) -> None:
     """The caller was authenticated, then their account went: the foreign key refuses the
     new row, and the answer is the deleted user's 401."""
     response = race(
         client,
         pattern,
-        lambda: client.post(f"{API}/{path}/", headers=ada, json=body),
-        lambda: client.delete(f"{API}/users/me", headers=ada),
+        lambda: client.post(f"{API}/{path}/", headers=user_headers, json=body),
+        lambda: client.delete(f"{API}/users/me", headers=user_headers),
     )
     assert response.status_code == 401, response.text
     assert response.json() == BAD_TOKEN
 
 
 def test_recovery_racing_the_deletion_of_its_account_sends_nothing_and_logs_no_traceback(
-    client: TestClient, ada: dict[str, str], caplog: pytest.LogCaptureFixture
+    client: TestClient, user_headers: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The background task found the account, which went before the reset mail was recorded."""
     caplog.clear()
@@ -191,7 +184,7 @@ def test_recovery_racing_the_deletion_of_its_account_sends_nothing_and_logs_no_t
         client,
         f"^SELECT {USER}.id\\s+FROM {USER}\\s+WHERE {USER}.id = ",
         lambda: client.post(f"{API}/auth/password-recovery", json={"email": "ada@example.com"}),
-        lambda: client.delete(f"{API}/users/me", headers=ada),
+        lambda: client.delete(f"{API}/users/me", headers=user_headers),
     )
     assert response.status_code == 202, response.text
     assert "subject: Password recovery" not in caplog.text  # no mail
