@@ -562,6 +562,8 @@ MORE_BAD_SETTINGS = [
     ({"LOGIN_LOCKOUT_MINUTES": "soon"}, "LOGIN_LOCKOUT_MINUTES must be an integer from 1 to 10080, got 'soon'"),
     ({"NOTIFICATIONS_PER_HOUR": "-1"}, "NOTIFICATIONS_PER_HOUR must be an integer from 1 to 100000, got '-1'"),
     ({"RECOVERY_EMAILS_PER_HOUR": "1e3"}, "RECOVERY_EMAILS_PER_HOUR must be an integer from 1 to 1000, got '1e3'"),
+    # A port that is not a number: the URL (and its password) stays out of the message.
+    ({"DATABASE_URL": "postgresql://app:hunter2@db:port/app"}, "DATABASE_URL is not a valid SQLAlchemy URL"),
 ]
 
 
