@@ -28,7 +28,6 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,8 +67,8 @@ MakeSettings = Callable[..., Settings]
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """Remove every setting from the environment: tests state what they need."""
-    for field in fields(Settings):
-        monkeypatch.delenv(field.name, raising=False)
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("TEST_DATABASE_URL", raising=False)
 
 

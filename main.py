@@ -37,6 +37,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, func, select
 
+import config
 import races
 from auth import (
     BCRYPT_SLOT,
@@ -618,6 +619,7 @@ def start_up(engine: Engine, settings: Settings, started_at: datetime) -> None:
 def create_app(settings: Settings = default_settings) -> FastAPI:
     """Build the application on `settings`: logging, database, middleware, routes."""
     configure_logging(settings.LOG_LEVEL)
+    config.log_start_up_warnings(settings)  # now that they get the app's log format (SPEC 7)
     engine = create_db_engine(settings.DATABASE_URL)
 
     @asynccontextmanager

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -31,7 +31,7 @@ import httpx2
 from config import Settings
 
 APP_DIR = Path(__file__).parent.parent  # the repository root: the application lives there
-SETTING_NAMES = {field.name for field in fields(Settings)} | {"TEST_DATABASE_URL"}
+SETTING_NAMES = set(Settings.model_fields) | {"TEST_DATABASE_URL"}
 START_SECONDS = 30
 STOP_SECONDS = 15
 

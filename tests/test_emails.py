@@ -41,7 +41,7 @@ from sqlmodel import Session
 
 import models
 from auth import hash_password
-from config import Settings, load_settings
+from config import Settings
 from conftest import (
     DEFAULT_PASSWORD,
     MakeSettings,
@@ -951,10 +951,14 @@ def test_reset_token_of_deleted_account_never_resets_another(
     login(client, "newada")
 
 
-def test_production_without_smtp_host_warns_once_at_start_up(caplog: pytest.LogCaptureFixture) -> None:
-    """One warning naming SMTP_HOST: mail will only be logged."""
+def test_production_without_smtp_host_warns_once_at_start_up(
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One warning naming SMTP_HOST, when the app is built (loading logs nothing): mail will only be logged."""
     caplog.set_level(logging.WARNING, logger="config")
-    load_settings({"ENVIRONMENT": "production", "SECRET_KEY": "k" * 32})
+    settings = make_settings(ENVIRONMENT="production")
+    assert [record for record in caplog.records if record.name == "config"] == []
+    create_app(settings)
     [warning] = [record.getMessage() for record in caplog.records if record.name == "config"]
     assert "SMTP_HOST" in warning
 
