@@ -1,4 +1,6 @@
-"""Authentication: bcrypt passwords, JWT tokens, and the current-user dependencies.
+"""Authentication: bcrypt passwords, JWT tokens, sessions, and the current-user dependencies.
+
+Tier: lesson path, read fourth.
 
 Patterns shown:
 - bcrypt called directly (no passlib): hash, verify, and re-hash at login when
@@ -7,22 +9,18 @@ Patterns shown:
   token never passes for an access token, and a `stamp` claim checked against the user's
   random `security_stamp`: a token names one account, never the next owner of its id, and
   a new stamp (password change, deactivation) revokes every earlier token, on every worker.
-- Login throttling kept in the database (`LoginFailure` rows), so it holds across workers,
-  hosts and restarts.
+- Sessions in the database: a login starts one (`start_session`, stored only if the
+  account is still as verified), a refresh rotates it (`rotate_session`, a compare-and-set),
+  logout ends it; `revoke_every_token` ends them all.
 - One factory for every 401, with `WWW-Authenticate: Bearer`.
-- `BCRYPT_SLOT`: FastAPI's `max_concurrency` bounds the routes that run bcrypt.
 - `Annotated` dependency aliases under their providers: `TokenDep`, `CurrentUser`, `SuperUser`.
 
-Imports: config, models, database, races.
+Imports: config, fieldtypes, models, database, races.
 """
 
 import functools
-import hashlib
 import logging
-import math
-import os
 import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -37,17 +35,8 @@ from sqlmodel import Session, col, select
 import races
 from config import Settings, SettingsDep, settings as default_settings
 from database import SessionDep
-from models import (
-    MAX_DB_INT,
-    MAX_PASSWORD_BYTES,
-    LoginFailure,
-    LoginSession,
-    Token,
-    User,
-    is_storable,
-    new_security_stamp,
-    utc_now,
-)
+from fieldtypes import MAX_DB_INT, MAX_PASSWORD_BYTES, is_storable
+from models import LoginSession, Token, User, new_security_stamp, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -115,70 +104,30 @@ def authenticate(session: Session, user: User | None, *, password: str, rounds: 
     return user
 
 
-# --- Login throttling (SPEC 5) -------------------------------------------------------
+def set_password(session: Session, user: User, new_password: str, rounds: int, *, from_stamp: str) -> bool:
+    """Store a new hash and revoke every token issued before (`revoke_every_token`).
 
-
-def login_key(login: str, user: User | None) -> str:
-    """What a failed login counts against (see `models.LoginFailure`)."""
-    if user is not None:
-        return f"user:{user.id}"
-    return "text:" + hashlib.sha256(login.lower().encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def login_retry_after(session: Session, key: str, settings: Settings) -> int:
-    """0 if `key` may try to log in; else the whole seconds until it may, once
-    LOGIN_MAX_FAILURES failures within LOGIN_LOCKOUT_MINUTES: when the newest
-    LOGIN_MAX_FAILURES-th failure is older than the window."""
-    window_start = utc_now() - timedelta(minutes=settings.LOGIN_LOCKOUT_MINUTES)
-    failed_at = col(LoginFailure.failed_at)
-    recent = session.exec(
-        select(failed_at)
-        .where(LoginFailure.login_key == key, failed_at > window_start)
-        .order_by(failed_at.desc())
-        .limit(settings.LOGIN_MAX_FAILURES)
-    ).all()
-    if len(recent) < settings.LOGIN_MAX_FAILURES:
-        return 0
-    counted_since: datetime = recent[-1]
-    return max(1, math.ceil((counted_since - window_start).total_seconds()))
-
-
-def record_login_failure(session: Session, key: str, settings: Settings) -> None:
-    """Count a failed login against `key`, and delete the failures too old to count."""
-    now = utc_now()
-    session.add(LoginFailure(login_key=key, failed_at=now))
-    window_start = now - timedelta(minutes=settings.LOGIN_LOCKOUT_MINUTES)
-    session.exec(delete(LoginFailure).where(col(LoginFailure.failed_at) <= window_start))
-    session.commit()
-
-
-def clear_login_failures(session: Session, key: str) -> None:
-    """A successful login: `key` starts again from no failure. The caller commits (with
-    the new session, in one transaction)."""
-    session.exec(delete(LoginFailure).where(col(LoginFailure.login_key) == key))
-
-
-def set_password(
-    session: Session, user: User, new_password: str, rounds: int, *, from_stamp: str | None = None
-) -> bool:
-    """Store a new hash and a new `security_stamp`, and end every session: every token
-    issued before stops working.
-
-    With `from_stamp` (the stamp a reset token carries) it is a compare-and-set: only if
-    no token was revoked since, so of two concurrent uses of one reset token only one
-    succeeds. Returns False when no row was changed. The caller commits.
+    A compare-and-set on `from_stamp`, the stamp the caller's token carries: of two
+    concurrent uses of one reset token, or a change racing a reset, only the first
+    succeeds. False when no row was changed (that token was revoked meanwhile, or the
+    account is gone). The caller commits.
     """
-    statement = update(User).where(User.id == user.id)  # type: ignore[arg-type]
-    if from_stamp is not None:
-        statement = statement.where(User.security_stamp == from_stamp)  # type: ignore[arg-type]
-    hashed_password = hash_password(new_password, rounds)
     result = session.exec(
-        statement.values(hashed_password=hashed_password, security_stamp=new_security_stamp(), updated_at=utc_now())
+        update(User)
+        .where(User.id == user.id, User.security_stamp == from_stamp)  # type: ignore[arg-type]
+        .values(hashed_password=hash_password(new_password, rounds), updated_at=utc_now())
     )
     if result.rowcount != 1:
         return False
-    end_every_session(session, user.id)
+    revoke_every_token(session, user.id)
     return True
+
+
+def revoke_every_token(session: Session, user_id: int) -> None:
+    """A new `security_stamp` and no session left: every token issued before stops working,
+    on every worker and host (a password change or reset, a deactivation). The caller commits."""
+    session.exec(update(User).where(User.id == user_id).values(security_stamp=new_security_stamp()))  # type: ignore[arg-type]
+    end_every_session(session, user_id)
 
 
 def create_first_superuser(engine: Engine, settings: Settings) -> None:
@@ -387,27 +336,6 @@ def end_every_session(session: Session, user_id: int) -> None:
 
 
 # --- Dependencies -------------------------------------------------------------------
-
-
-# bcrypt is the costliest thing the API does (a quarter second of CPU at cost 12). Routes
-# that hash or check a password first wait for one of these slots, on the event loop: the
-# waiting holds no worker thread and no database session, and bcrypt runs at most one
-# check per core. So a burst of logins (a workshop at 9:00, a guessing script) queues
-# behind itself while every other request keeps the threads and sessions it needs
-# (SPEC 5). bench/ on 2 cores, reads during 8 clients logging in: one slot per core kept
-# 0.68 of their req/s and gave 0.59 of the bcrypt bound in logins; half a slot per core kept
-# all the reads but gave only 0.33 in logins (bench/README.md).
-BCRYPT_CONCURRENCY = os.cpu_count() or 1
-
-
-async def bcrypt_slot() -> AsyncIterator[None]:
-    """Held for the whole of a route that runs bcrypt; see BCRYPT_CONCURRENCY."""
-    yield
-
-
-# One shared object, so every route shares the limit; in a route's `dependencies=[...]`, it
-# is taken before the route's own parameters (its session among them).
-BCRYPT_SLOT = Depends(bcrypt_slot, scope="function", max_concurrency=BCRYPT_CONCURRENCY)
 
 
 def credentials_error(detail: str = "Could not validate credentials") -> HTTPException:

@@ -12,7 +12,8 @@ Patterns shown:
 - `bcrypt_checks`: the bcrypt checks a request spent, counted where bcrypt is called.
 - Small helpers (`signup`, `login`) return what tests need next; they take any client,
   a `TestClient` or an `httpx2.Client` on a live server (`base_url` its root).
-  `engine_of` and `count_notifications` look behind the API, into a test app's database.
+  `engine_of`, `security_stamp`, `newest_session_id` and `count_notifications` look behind
+  the API, into the database of a test client's app.
 - `run_at_once`: calls released together by a barrier, for races (workers starting).
 - `paused_before`: a request held just before one SQL statement while the test runs what
   races it, so a race is played the same way every time, not left to luck and sleeps.
@@ -120,21 +121,19 @@ def client_fixture(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
-def security_stamp(settings: Settings, user_id: int, name: str = "security_stamp") -> str:
-    """The user's current `security_stamp` (or `recovery_stamp`): what a valid token of theirs carries."""
-    engine = create_db_engine(settings.DATABASE_URL)
-    with Session(engine) as session:
-        user = session.get(User, user_id)
-        assert user is not None
-        stamp: str = getattr(user, name)
-    engine.dispose()
-    return stamp
-
-
 def engine_of(client: TestClient) -> Engine:
     """The engine of the app `client` talks to: its database, for a look behind the API."""
     engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
     return engine
+
+
+def security_stamp(client: TestClient, user_id: int, name: str = "security_stamp") -> str:
+    """The user's current `security_stamp` (or `recovery_stamp`): what a valid token of theirs carries."""
+    with Session(engine_of(client)) as session:
+        user = session.get(User, user_id)
+        assert user is not None
+        stamp: str = getattr(user, name)
+        return stamp
 
 
 def count_notifications(client: TestClient, kind: str | None = None) -> int:
@@ -147,14 +146,12 @@ def count_notifications(client: TestClient, kind: str | None = None) -> int:
         return count
 
 
-def newest_session_id(settings: Settings, user_id: int) -> int:
+def newest_session_id(client: TestClient, user_id: int) -> int:
     """The id of the user's newest session (their last login): what their tokens name."""
-    engine = create_db_engine(settings.DATABASE_URL)
-    with Session(engine) as session:
+    with Session(engine_of(client)) as session:
         newest = session.exec(
             select(LoginSession.id).where(LoginSession.user_id == user_id).order_by(col(LoginSession.id).desc())
         ).first()
-    engine.dispose()
     assert newest is not None, "the user has no session: log in first"
     return newest
 
@@ -173,6 +170,14 @@ def login(client: httpx2.Client, username: str, password: str = DEFAULT_PASSWORD
     response = client.post("/api/v1/auth/login", data={"username": username, "password": password})
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def promote(client: TestClient, superuser_headers: dict[str, str], username: str) -> tuple[int, dict[str, str]]:
+    """Sign `username` up as a second superuser; their id and headers."""
+    user = signup(client, username)
+    response = client.patch(f"/api/v1/users/{user['id']}", headers=superuser_headers, json={"is_superuser": True})
+    assert response.status_code == 200, response.text
+    return user["id"], login(client, username)
 
 
 @pytest.fixture(name="user_headers")

@@ -1,5 +1,7 @@
 """Database: the engine, the request's session, and table creation.
 
+Tier: lesson path, read third.
+
 Patterns shown:
 - One engine per app (`create_db_engine`), kept on `app.state` by `main.create_app`.
 - A yield dependency (`get_session`) and its `Annotated` alias `SessionDep`, with fewer
@@ -11,8 +13,6 @@ Patterns shown:
 Imports: races; config (through alembic/env.py, which also imports models).
 """
 
-import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,30 +32,11 @@ INITIAL_REVISION = "0001"
 MIGRATION_LOCK_KEY = 7_310_442  # any constant: the PostgreSQL advisory lock of our migrations
 
 
-def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
-    """Readers never block the writer and the writer never blocks readers.
-
-    WAL is kept in the file, so only the first connection to a new database switches it.
-    That switch needs an exclusive lock, and when two connections switch at once (workers
-    starting on a fresh file) SQLite tells one "database is locked" at once, without
-    waiting for the busy timeout: it waits a little and tries again.
-    """
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
 def _configure_sqlite_connection(dbapi_connection: Any, _connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # A writer waits for the lock instead of failing with "database is locked".
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    _switch_to_wal(cursor)
+    races.switch_to_wal(cursor, SQLITE_BUSY_TIMEOUT_MS)  # retried: workers on a new file race for it
     # Off by default in SQLite: without it ON DELETE CASCADE does nothing.
     cursor.execute("PRAGMA foreign_keys=ON")
     # FULL: a commit is on disk before the client hears 201, even across power loss.

@@ -1,5 +1,7 @@
 """Email and notifications: what background tasks send, and how.
 
+Tier: lesson path, read fifth.
+
 Patterns shown:
 - Background tasks receive ids and the engine, never ORM objects or the request's
   session (closed by the time they run), and open their own `Session`.
@@ -7,41 +9,35 @@ Patterns shown:
   `sent` | `failed`) is visible through the API, and a failure takes nothing else down.
 - Sending holds no database connection: read, send, then write, each step on its own.
 - Background tasks that bound themselves: `send_later` and `send_password_reset_later`
-  send in at most MAIL_CONCURRENCY threads of their own, after the response, so a slow or
-  dead mail server holds a few threads and no request ever waits for mail.
+  send in `limits.MAIL_THREADS`, after the response, so a slow or dead mail server holds a
+  few threads and no request ever waits for mail.
 - Two backends chosen by settings: SMTP through the standard library's `smtplib`
   (STARTTLS, login, timeout), or the log (one escaped line), so a workshop needs no mail server.
 - Start-up marks notifications whose task died with the previous process `failed`.
 - A failure is recorded by its kind only; the mail server's reply goes to the log.
 
-Imports: config, models, auth, middleware.
+Imports: config, fieldtypes, models, auth, limits, middleware.
 """
 
 import logging
-import math
 import smtplib
 import ssl
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.message import EmailMessage
 
-from anyio import CapacityLimiter, to_thread
+from anyio import to_thread
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
-from auth import create_token
+import auth
+import limits
 from config import Settings
+from fieldtypes import header_safe
 from middleware import printable
-from models import Notification, NotificationKind, User, header_safe, utc_now
+from models import Notification, NotificationKind, User, utc_now
 
 logger = logging.getLogger(__name__)
-
-# Mail is sent in threads of its own, at most this many at once per process: a mail server
-# that is slow or gone (up to SMTP_TIMEOUT_SECONDS a step) holds at most this many threads,
-# and further mail waits on the event loop, holding none. The bound sits in the background
-# task, after the response: no request waits for a mail slot (SPEC 5).
-MAIL_CONCURRENCY = 4
-MAIL_THREADS = CapacityLimiter(MAIL_CONCURRENCY)
 
 INTERRUPTED_ERROR = "Not sent: the server stopped before its background task ran"
 # What a failed notification's `error` says, by exception, first match wins (ssl and smtplib
@@ -82,14 +78,6 @@ def send_email(settings: Settings, *, to: str, subject: str, body: str) -> None:
         smtp.send_message(message)
 
 
-class HourlyLimitError(Exception):
-    """Raised by `record_notification` instead of recording: the owner is at a limit."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"retry after {retry_after} s")
-        self.retry_after = retry_after  # whole seconds until the oldest counted one is an hour old
-
-
 def record_notification(
     session: Session,
     *,
@@ -102,30 +90,14 @@ def record_notification(
     counted_kind: NotificationKind | None = None,
 ) -> Notification:
     """Add a `pending` notification and return it (with its id, flushed) for a background
-    task, once the caller commits.
-
-    With `hourly_limit`: if the owner already has that many notifications (of
-    `counted_kind`, or of any kind) created in the last 60 minutes, roll back and raise
-    `HourlyLimitError`. The new row is written first and counted with the others, one
-    request at a time per owner: PostgreSQL locks the owner's row until commit, and
-    SQLite lets one writer at a time hold the database from its first write.
-    """
-    if hourly_limit is not None:
-        session.exec(select(User.id).where(col(User.id) == owner_id).with_for_update()).first()
+    task, once the caller commits. With `hourly_limit`, the owner's hourly cap applies
+    (`limits.add_within_hourly_cap`: it raises `limits.HourlyLimitError` over it)."""
     notification = Notification(owner_id=owner_id, email=email, subject=subject, message=message, kind=kind)
-    session.add(notification)
-    session.flush()
-    if hourly_limit is not None:
-        hour_ago = utc_now() - timedelta(hours=1)
-        created_at = col(Notification.created_at)
-        recent = select(created_at).where(col(Notification.owner_id) == owner_id, created_at > hour_ago)
-        if counted_kind is not None:
-            recent = recent.where(col(Notification.kind) == counted_kind)
-        newest_first = session.exec(recent.order_by(created_at.desc()).limit(hourly_limit + 1)).all()
-        if len(newest_first) > hourly_limit:  # the new one and `hourly_limit` others
-            session.rollback()
-            counted_since: datetime = newest_first[hourly_limit]
-            raise HourlyLimitError(max(1, math.ceil((counted_since - hour_ago).total_seconds())))
+    if hourly_limit is None:
+        session.add(notification)
+        session.flush()
+    else:
+        limits.add_within_hourly_cap(session, notification, hourly_limit, counted_kind)
     return notification
 
 
@@ -156,13 +128,13 @@ def send_notification(engine: Engine, settings: Settings, notification_id: int, 
 
 
 async def send_later(engine: Engine, settings: Settings, notification_id: int) -> None:
-    """Background task: `send_notification` in one of the MAIL_THREADS."""
-    await to_thread.run_sync(send_notification, engine, settings, notification_id, limiter=MAIL_THREADS)
+    """Background task: `send_notification` in one of `limits.MAIL_THREADS`."""
+    await to_thread.run_sync(send_notification, engine, settings, notification_id, limiter=limits.MAIL_THREADS)
 
 
 async def send_password_reset_later(engine: Engine, settings: Settings, email: str) -> None:
-    """Background task: `send_password_reset` in one of the MAIL_THREADS."""
-    await to_thread.run_sync(send_password_reset, engine, settings, email, limiter=MAIL_THREADS)
+    """Background task: `send_password_reset` in one of `limits.MAIL_THREADS`."""
+    await to_thread.run_sync(send_password_reset, engine, settings, email, limiter=limits.MAIL_THREADS)
 
 
 def record_welcome(session: Session, user: User, settings: Settings) -> Notification:
@@ -179,7 +151,7 @@ def record_welcome(session: Session, user: User, settings: Settings) -> Notifica
 
 def record_email_change_notice(session: Session, user: User, old_email: str, settings: Settings) -> Notification:
     """The notice an email change sends to the old address, recorded for `send_notification`.
-    It counts against NOTIFICATIONS_PER_HOUR like any notification (`HourlyLimitError`)."""
+    It counts against NOTIFICATIONS_PER_HOUR like any notification (`limits.HourlyLimitError`)."""
     return record_notification(
         session,
         owner_id=user.id,
@@ -208,7 +180,7 @@ def send_password_reset(engine: Engine, settings: Settings, email: str) -> None:
         user = session.exec(select(User).where(User.email == email)).first()
         if user is None or not user.is_active:
             return
-        token = create_token(user, token_type="reset", settings=settings)
+        token = auth.create_token(user, token_type="reset", settings=settings)
         subject = f"Password recovery for {settings.PROJECT_NAME}"
         template = (
             f"Hi {user.username},\n\nsomeone asked to reset your password. Send this token to"
@@ -229,7 +201,7 @@ def send_password_reset(engine: Engine, settings: Settings, email: str) -> None:
                 counted_kind="recovery",
             )
             session.commit()
-        except HourlyLimitError:
+        except limits.HourlyLimitError:
             # Nobody can fill an inbox with reset mails; the caller got the same 202 (SPEC 5).
             logger.info("Password recovery for user %s not sent: RECOVERY_EMAILS_PER_HOUR reached", user_id)
             return

@@ -1,80 +1,50 @@
-"""The application: `create_app()` and every endpoint, one router per resource.
+"""The application: every endpoint, one router per resource, and `create_app()`.
+
+Tier: lesson path, read last. It calls the other lesson modules by name (`auth.start_session`,
+`emails.send_later`) and the safeguards the same way (`limits.`, `races.`).
 
 Patterns shown:
-- An application factory: `create_app(settings)` builds an app on those settings (tests
-  pass their own); `app = create_app()` is what `uvicorn main:app` serves.
-- `lifespan` for start-up work (migrations, first superuser, interrupted notifications), run
-  in a worker thread because it blocks.
 - `APIRouter(prefix=..., tags=[...])` per resource, all under `API_V1_STR`; operation ids
   `tag-function_name` for generated clients.
-- Sync `def` endpoints on `SessionDep`, `CurrentUser`, `SuperUser`; fetch-or-fail helpers;
+- Sync `def` endpoints on `SessionDep`, `CurrentUser`, `SuperUser`; fetch-or-404 helpers;
   `response_model` and `status_code` in the decorator; background tasks for email.
+- Every status code an operation can answer in its OpenAPI schema (`errors`).
 - `dependencies=[BCRYPT_SLOT]`: FastAPI's `max_concurrency` bounds the routes that run bcrypt.
-- A 422 handler with FastAPI's body shape that survives any input.
+- An application factory: `create_app(settings)` builds an app on those settings (tests
+  pass their own); `app = create_app()` is what `uvicorn main:app` serves.
+- `lifespan` for start-up work (migrations, first superuser, interrupted notifications),
+  each step in a worker thread because it blocks.
 - FastAPI's "extending OpenAPI" pattern: the schema's login URL follows the app's settings.
-- The async rule, stated above the routers: `def` wherever anything blocks.
 
-Imports: config, models, database, auth, emails, middleware, races.
+Imports: config, fieldtypes, models, database, auth, limits, emails, middleware, races.
 """
 
-import json
-import math
-import reprlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from anyio import to_thread
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Path, Query, Request, Response
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi.security import OAuth2PasswordRequestForm
 from fastapi_offline import FastAPIOffline
-from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, func, select
 
+import auth
 import config
+import database
+import emails
+import limits
+import middleware
 import races
-from auth import (
-    BCRYPT_SLOT,
-    CurrentUser,
-    SuperUser,
-    authenticate,
-    clear_login_failures,
-    create_first_superuser,
-    credentials_error,
-    end_every_session,
-    end_session,
-    find_login_user,
-    hash_password,
-    login_key,
-    login_retry_after,
-    record_login_failure,
-    rotate_session,
-    set_password,
-    start_session,
-    user_from_reset_token,
-    verify_password,
-)
-from config import Settings, SettingsDep, settings as default_settings
-from database import EngineDep, SessionDep, create_db_engine, migrate_database
-from emails import (
-    HourlyLimitError,
-    fail_interrupted_notifications,
-    record_email_change_notice,
-    record_notification,
-    record_welcome,
-    send_later,
-    send_password_reset_later,
-)
-from middleware import BodySizeLimitMiddleware, RequestLogMiddleware, configure_logging
+from auth import CurrentUser, SuperUser
+from config import Settings, SettingsDep
+from database import EngineDep, SessionDep
+from fieldtypes import Limit, RowId, Skip
+from limits import BCRYPT_SLOT
 from models import (
-    MAX_DB_INT,
-    MIN_DB_INT,
     ErrorMessage,
     HealthStatus,
     Item,
@@ -102,21 +72,7 @@ from models import (
     utc_now,
 )
 
-# The largest valid body, a notification, is under 64 KiB: a larger one is refused before it
-# is read, so no body can hold the event loop in json.loads (SPEC 5).
-MAX_BODY_BYTES = 64 * 1024
-MAX_ECHOED_CHARACTERS = 100
-# Ids and offsets are bounded to the database's 64-bit integers: beyond, the driver
-# overflows (a 500), so such values are a 422 here.
-Skip = Annotated[int, Query(ge=0, le=MAX_DB_INT)]
-Limit = Annotated[int, Query(ge=1, le=100)]
-RowId = Annotated[int, Path(ge=MIN_DB_INT, le=MAX_DB_INT)]
-
 Row = TypeVar("Row", User, Item, Notification)
-ACTIVE_SUPERUSERS = select(User.id).where(User.is_superuser, User.is_active)
-
-
-# --- Helpers: one rule each ----------------------------------------------------------
 
 
 def read_page(session: Session, model: type[Row], *conditions: Any, skip: int, limit: int) -> tuple[Sequence[Row], int]:
@@ -124,77 +80,6 @@ def read_page(session: Session, model: type[Row], *conditions: Any, skip: int, l
     count = session.exec(select(func.count()).select_from(model).where(*conditions)).one()
     rows = session.exec(select(model).where(*conditions).order_by(col(model.id)).offset(skip).limit(limit)).all()
     return rows, count
-
-
-def ensure_unique(session: Session, *, email: str | None, username: str | None, user_id: int | None = None) -> None:
-    """400 if another user already has this email or (in any case) this username."""
-    others = select(User.id).where(User.id != user_id)
-    if email is not None and session.exec(others.where(User.email == email)).first() is not None:
-        raise HTTPException(status_code=400, detail="Email already registered")
-    if username is not None and session.exec(others.where(func.lower(User.username) == username.lower())).first():
-        raise HTTPException(status_code=400, detail="Username already taken")
-
-
-def save_user(session: Session, user: User, *, keep_a_superuser: bool = False) -> None:
-    """Commit `user` (see `commit_keeping_a_superuser`); a concurrent request that took the
-    email or username first gets the same 400 as the check before, not a 500 from the
-    unique index."""
-    email, username, user_id = user.email, user.username, user.id
-    session.add(user)
-    try:
-        commit_keeping_a_superuser(session, check=keep_a_superuser)
-    except IntegrityError:
-        session.rollback()
-        ensure_unique(session, email=email, username=username, user_id=user_id)
-        raise
-
-
-def update_user_fields(session: Session, user: User, changes: dict[str, Any]) -> None:
-    """Apply `changes` to `user`, to be saved; 400 for a taken email or username. A new email
-    makes every reset token mailed before it useless, for good (SPEC 5)."""
-    ensure_unique(session, email=changes.get("email"), username=changes.get("username"), user_id=user.id)
-    if changes.get("email", user.email) != user.email:
-        changes["recovery_stamp"] = new_security_stamp()
-    user.sqlmodel_update(changes)
-    user.updated_at = utc_now()
-
-
-def lock_superusers(session: Session, user: User) -> bool:
-    """Before a change that may demote, deactivate or delete `user`: True if `user` is an
-    active superuser, and then every active superuser's row stays locked until commit
-    (PostgreSQL: FOR UPDATE), so that two superusers demoting each other take turns."""
-    if not (user.is_superuser and user.is_active):
-        return False
-    session.exec(ACTIVE_SUPERUSERS.order_by(col(User.id)).with_for_update()).all()
-    return True
-
-
-def commit_keeping_a_superuser(session: Session, *, check: bool) -> None:
-    """Commit; with `check`, first a 400 (and nothing changed) if no active superuser would
-    be left, so nobody can lock every administrator out (SPEC 5). Counted after the change
-    is written: SQLite, which ignores FOR UPDATE, lets one writer at a time hold the
-    database from its first write to its commit."""
-    if check:
-        session.flush()
-        if session.exec(ACTIVE_SUPERUSERS).first() is None:
-            session.rollback()
-            raise HTTPException(status_code=400, detail="Cannot remove the last superuser")
-    session.commit()
-
-
-def refuse_while_throttled(session: Session, user: User, settings: Settings) -> None:
-    """429 while the account's logins are throttled: the routes that check the caller's
-    password are no way around the login's limit for a stolen access token (SPEC 5)."""
-    retry_after = login_retry_after(session, login_key(user.email, user), settings)
-    if retry_after:
-        raise too_many_requests("Too many failed logins, try again later", retry_after)
-
-
-def check_current_password(session: Session, user: User, password: str, settings: Settings) -> None:
-    """400 unless `password` is the caller's; a wrong one counts as a failed login."""
-    if not verify_password(password, user.hashed_password):
-        record_login_failure(session, login_key(user.email, user), settings)
-        raise HTTPException(status_code=400, detail="Incorrect password")
 
 
 def get_user_or_404(session: Session, user_id: int) -> User:
@@ -213,7 +98,15 @@ def get_owned_item_or_404(session: Session, item_id: int, user: User) -> Item:
     return item
 
 
-# --- Documented errors -------------------------------------------------------------------
+def update_user_fields(session: Session, user: User, changes: dict[str, Any]) -> None:
+    """Apply `changes` to `user`; 400 for a taken email or username. A new email makes every
+    reset token mailed before it useless, for good (SPEC 5)."""
+    races.ensure_unique(session, email=changes.get("email"), username=changes.get("username"), user_id=user.id)
+    if changes.get("email", user.email) != user.email:
+        changes["recovery_stamp"] = new_security_stamp()
+    user.sqlmodel_update(changes)
+    user.updated_at = utc_now()
+
 
 ERROR_DESCRIPTIONS = {
     400: "A body that is not UTF-8, a duplicate value, a wrong password or an invalid token",
@@ -226,9 +119,6 @@ ERROR_DESCRIPTIONS = {
 }
 
 
-RETRY_AFTER_HEADER = {"description": "Seconds until a request may succeed", "schema": {"type": "integer"}}
-
-
 def errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these error codes, all with the `{"detail": ...}` body.
 
@@ -239,22 +129,18 @@ def errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
         code: {"model": ErrorMessage, "description": ERROR_DESCRIPTIONS[code]} for code in status_codes
     }
     if 429 in responses:
-        responses[429]["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+        retry_after = {"description": "Seconds until a request may succeed", "schema": {"type": "integer"}}
+        responses[429]["headers"] = {"Retry-After": retry_after}
     return responses
-
-
-def too_many_requests(detail: str, retry_after: int) -> HTTPException:
-    """Every 429 of the API: `Retry-After` says when to come back, in whole seconds."""
-    return HTTPException(status_code=429, detail=detail, headers={"Retry-After": str(retry_after)})
 
 
 # --- Routers --------------------------------------------------------------------------
 # A route behind CurrentUser can answer 401 and 403, one that reads a body 413 (over 64 KiB)
 # and 400 (not UTF-8): declared on the route, or once on a router whose every route has them.
 #
-# Sync `def` is the rule, for anything that queries, hashes, mails or touches a file:
-# FastAPI runs it in a worker thread. `async def` only where nothing blocks at all (here
-# `read_user_me` and a few dependencies that read memory), which saves the thread trip.
+# The async rule: sync `def` for anything that queries, hashes, mails or touches a file
+# (FastAPI runs it in a worker thread). `async def` only where nothing blocks at all (here
+# `read_user_me` and the dependencies that only read memory), which saves the thread trip.
 
 auth_router = APIRouter(prefix="/auth", tags=["auth"])
 users_router = APIRouter(prefix="/users", tags=["users"])
@@ -266,46 +152,43 @@ health_router = APIRouter(tags=["health"])
 @auth_router.post("/login", response_model=Token, responses=errors(400, 401, 403, 413, 429), dependencies=[BCRYPT_SLOT])
 def login(session: SessionDep, settings: SettingsDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
     """Log in with username or email and password; starts a session: an access and a refresh token."""
-    named = find_login_user(session, form.username)
-    key = login_key(form.username, named)
-    retry_after = login_retry_after(session, key, settings)
-    if retry_after:
-        # Before any bcrypt check, and not counted as a failure itself (SPEC 5).
-        raise too_many_requests("Too many failed logins, try again later", retry_after)
-    user = authenticate(session, named, password=form.password, rounds=settings.BCRYPT_ROUNDS)
+    named = auth.find_login_user(session, form.username)
+    key = limits.login_key(form.username, named)
+    limits.refuse_throttled_login(session, key, settings)  # before any bcrypt check
+    user = auth.authenticate(session, named, password=form.password, rounds=settings.BCRYPT_ROUNDS)
     if user is None:
-        record_login_failure(session, key, settings)
+        limits.record_login_failure(session, key, settings)
         # Same status and body for an unknown user and a wrong password (SPEC 4).
-        raise credentials_error("Incorrect username or password")
+        raise auth.credentials_error("Incorrect username or password")
     if not user.is_active:
         raise HTTPException(status_code=403, detail="Inactive user")
-    clear_login_failures(session, key)
-    tokens = start_session(session, user, settings)  # commits both
+    limits.clear_login_failures(session, key)
+    tokens = auth.start_session(session, user, settings)  # commits both
     if tokens is None:  # the password changed, or the account went, while it was checked
-        raise credentials_error("Incorrect username or password")
+        raise auth.credentials_error("Incorrect username or password")
     return tokens
 
 
 @auth_router.post("/refresh", response_model=Token, responses=errors(400, 401, 413))
 def refresh_access_token(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> Token:
     """Trade a refresh token for a new access and refresh token; the one sent is used up."""
-    tokens = rotate_session(session, body.refresh_token, settings)
+    tokens = auth.rotate_session(session, body.refresh_token, settings)
     if tokens is None:
-        raise credentials_error()
+        raise auth.credentials_error()
     return tokens
 
 
 @auth_router.post("/logout", status_code=204, responses=errors(400, 401, 413))
 def logout(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> None:
     """End this session: its refresh token and its access tokens stop working at once."""
-    if not end_session(session, body.refresh_token, settings):
-        raise credentials_error()
+    if not auth.end_session(session, body.refresh_token, settings):
+        raise auth.credentials_error()
 
 
 @auth_router.post("/logout-all", status_code=204, responses=errors(401, 403))
 def logout_all(session: SessionDep, user: CurrentUser) -> None:
     """End every session of the caller, on every device."""
-    end_every_session(session, user.id)
+    auth.end_every_session(session, user.id)
     session.commit()
 
 
@@ -314,22 +197,24 @@ def recover_password(
     body: PasswordRecovery, engine: EngineDep, settings: SettingsDep, background_tasks: BackgroundTasks
 ) -> Message:
     """Email a password reset token, if an account has this email."""
-    background_tasks.add_task(send_password_reset_later, engine, settings, body.email)
+    background_tasks.add_task(emails.send_password_reset_later, engine, settings, body.email)
     return Message(message="If an account has this email, a password reset token is on its way")
 
 
 @auth_router.post("/reset-password", response_model=Message, responses=errors(400, 413), dependencies=[BCRYPT_SLOT])
 def reset_password(body: PasswordReset, session: SessionDep, settings: SettingsDep) -> Message:
     """Set a new password with a reset token; the token works once."""
-    user = user_from_reset_token(session, body.token, settings)
+    user = auth.user_from_reset_token(session, body.token, settings)
     if (
         user is None
         or not user.is_active
         # A compare-and-set on the token's stamp: the token works once, even when raced.
-        or not set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS, from_stamp=user.security_stamp)
+        or not auth.set_password(
+            session, user, body.new_password, settings.BCRYPT_ROUNDS, from_stamp=user.security_stamp
+        )
     ):
         raise HTTPException(status_code=400, detail="Invalid or expired token")
-    clear_login_failures(session, login_key(user.email, user))  # the owner is back in
+    limits.clear_login_failures(session, limits.login_key(user.email, user))  # the owner is back in
     session.commit()
     return Message(message="Password updated")
 
@@ -341,19 +226,21 @@ def create_user(
     body: UserCreate, session: SessionDep, settings: SettingsDep, engine: EngineDep, background_tasks: BackgroundTasks
 ) -> User:
     """Sign up. Only email, username, password and full name are read from the body."""
-    hashed_password = hash_password(body.password, settings.BCRYPT_ROUNDS)
-    ensure_unique(session, email=body.email, username=body.username)
+    hashed_password = auth.hash_password(body.password, settings.BCRYPT_ROUNDS)
+    races.ensure_unique(session, email=body.email, username=body.username)
     user = User.model_validate(body, update={"hashed_password": hashed_password})
-    save_user(session, user)
-    welcome = record_welcome(session, user, settings)
+    with races.user_change(session, user):
+        session.add(user)
+    welcome = emails.record_welcome(session, user, settings)
     session.commit()
-    background_tasks.add_task(send_later, engine, settings, welcome.id)
+    background_tasks.add_task(emails.send_later, engine, settings, welcome.id)
     return user
 
 
+# `async`: it only returns what CurrentUser loaded.
 @users_router.get("/me", response_model=UserPublic, responses=errors(401, 403))
 async def read_user_me(user: CurrentUser) -> User:
-    """The caller's own account (`async`: it returns what CurrentUser loaded)."""
+    """The caller's own account."""
     return user
 
 
@@ -369,20 +256,20 @@ def update_user_me(
     background_tasks: BackgroundTasks,
 ) -> User:
     """Change the caller's email, username or full name; a new email needs the password."""
-    refuse_while_throttled(session, user, settings)
+    limits.refuse_throttled_login(session, limits.login_key(user.email, user), settings)
     changes = body.model_dump(exclude_unset=True, exclude={"current_password"})
     notice = None
     if changes.get("email", user.email) != user.email:
         # A stolen token alone must not take the account over by its email (SPEC 5).
-        check_current_password(session, user, body.current_password or "", settings)
-        try:  # recorded first, and committed with the change by save_user
-            notice = record_email_change_notice(session, user, user.email, settings)
-        except HourlyLimitError as limit:
-            raise too_many_requests("Too many notifications, try again later", limit.retry_after) from None
-    update_user_fields(session, user, changes)
-    save_user(session, user)
+        limits.check_current_password(session, user, body.current_password or "", settings)
+        try:  # the notice to the old address, committed with the change
+            notice = emails.record_email_change_notice(session, user, user.email, settings)
+        except limits.HourlyLimitError as limit:
+            raise limits.too_many_requests("Too many notifications, try again later", limit.retry_after) from None
+    with races.user_change(session, user):
+        update_user_fields(session, user, changes)
     if notice is not None:
-        background_tasks.add_task(send_later, engine, settings, notice.id)
+        background_tasks.add_task(emails.send_later, engine, settings, notice.id)
     return user
 
 
@@ -391,12 +278,11 @@ def update_user_me(
 )
 def update_password_me(body: UpdatePassword, session: SessionDep, settings: SettingsDep, user: CurrentUser) -> Message:
     """Change the caller's password; every token issued before stops working."""
-    refuse_while_throttled(session, user, settings)
-    check_current_password(session, user, body.current_password, settings)
-    # A compare-and-set on the stamp the caller's token carried: if another change, a reset or
-    # the account's deletion came first, that token is revoked by now.
-    if not set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS, from_stamp=user.security_stamp):
-        raise credentials_error()
+    limits.check_current_password(session, user, body.current_password, settings)
+    # A compare-and-set on the stamp of the caller's token: if another change, a reset or the
+    # account's deletion came first, that token is revoked by now.
+    if not auth.set_password(session, user, body.new_password, settings.BCRYPT_ROUNDS, from_stamp=user.security_stamp):
+        raise auth.credentials_error()
     session.commit()
     return Message(message="Password updated")
 
@@ -404,9 +290,8 @@ def update_password_me(body: UpdatePassword, session: SessionDep, settings: Sett
 @users_router.delete("/me", status_code=204, responses=errors(400, 401, 403))
 def delete_user_me(session: SessionDep, user: CurrentUser) -> None:
     """Delete the caller's account, with their items and notifications."""
-    was_superuser = lock_superusers(session, user)
-    races.delete_row(session, user)
-    commit_keeping_a_superuser(session, check=was_superuser)
+    with races.user_change(session, user):
+        races.delete_row(session, user)
 
 
 @users_router.get("/", response_model=UsersPublic, responses=errors(401, 403))
@@ -433,16 +318,13 @@ def read_user(user_id: RowId, session: SessionDep, user: CurrentUser) -> User:
 def update_user(user_id: RowId, body: UserUpdate, session: SessionDep, settings: SettingsDep, _: SuperUser) -> User:
     """Change any user, including password, active and superuser flags (superusers only)."""
     changes = body.model_dump(exclude_unset=True)
-    if "password" in changes:  # hashed before the first query: no connection waits on bcrypt
-        changes["hashed_password"] = hash_password(changes.pop("password"), settings.BCRYPT_ROUNDS)
+    if "password" in changes:  # hashed before the user's row is read and locked: no lock waits on bcrypt
+        changes["hashed_password"] = auth.hash_password(changes.pop("password"), settings.BCRYPT_ROUNDS)
     user = get_user_or_404(session, user_id)
-    was_superuser = lock_superusers(session, user)
-    if "hashed_password" in changes or (user.is_active and changes.get("is_active") is False):
-        # A new password or a deactivation ends every token and session the user has (SPEC 5).
-        changes["security_stamp"] = new_security_stamp()
-        end_every_session(session, user.id)
-    update_user_fields(session, user, changes)
-    save_user(session, user, keep_a_superuser=was_superuser)
+    with races.user_change(session, user):
+        if "hashed_password" in changes or (user.is_active and changes.get("is_active") is False):
+            auth.revoke_every_token(session, user.id)  # a new password or a deactivation (SPEC 5)
+        update_user_fields(session, user, changes)
     return user
 
 
@@ -450,9 +332,8 @@ def update_user(user_id: RowId, body: UserUpdate, session: SessionDep, settings:
 def delete_user(user_id: RowId, session: SessionDep, _: SuperUser) -> None:
     """Delete a user with their items and notifications (superusers only)."""
     user = get_user_or_404(session, user_id)
-    was_superuser = lock_superusers(session, user)
-    races.delete_row(session, user)
-    commit_keeping_a_superuser(session, check=was_superuser)
+    with races.user_change(session, user):
+        races.delete_row(session, user)
 
 
 @items_router.post("/", response_model=ItemPublic, status_code=201, responses=errors(400, 413))
@@ -507,13 +388,13 @@ def create_notification(
 ) -> Notification:
     """Queue an email; its `status` tells later whether it went out."""
     try:
-        notification = record_notification(
+        notification = emails.record_notification(
             session, owner_id=user.id, **body.model_dump(), kind="message", hourly_limit=settings.NOTIFICATIONS_PER_HOUR
         )
-    except HourlyLimitError as limit:
-        raise too_many_requests("Too many notifications, try again later", limit.retry_after) from None
+    except limits.HourlyLimitError as limit:
+        raise limits.too_many_requests("Too many notifications, try again later", limit.retry_after) from None
     session.commit()
-    background_tasks.add_task(send_later, engine, settings, notification.id)
+    background_tasks.add_task(emails.send_later, engine, settings, notification.id)
     return notification
 
 
@@ -548,44 +429,6 @@ def read_health(session: SessionDep) -> HealthStatus:
 # --- The application -------------------------------------------------------------------
 
 
-def clipped(value: Any) -> Any:
-    """A value as a 422 echoes it: at most 100 characters, valid JSON (SPEC 5). A long string
-    is cut; NaN and Infinity (which Python's json.loads accepts) become strings; a list or
-    object becomes a short preview that reprlib builds without walking it whole."""
-    if isinstance(value, str):
-        return value[:MAX_ECHOED_CHARACTERS]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if (
-        value is None
-        or isinstance(value, bool)
-        or (isinstance(value, int) and len(str(value)) <= MAX_ECHOED_CHARACTERS)
-    ):
-        return value
-    return reprlib.repr(value)[:MAX_ECHOED_CHARACTERS]
-
-
-def clipped_error(error: dict[str, Any]) -> dict[str, Any]:
-    """One error of a 422 with every echo of the input clipped: the input itself, and the
-    message and context, which repeat parts of it (an invalid email's characters, say)."""
-    echoed = {"msg": clipped(error["msg"])}
-    if "input" in error:
-        echoed["input"] = clipped(error["input"])
-    if "ctx" in error:
-        echoed["ctx"] = {
-            key: clipped(value) if isinstance(value, str) else value for key, value in error["ctx"].items()
-        }
-    return error | echoed
-
-
-async def validation_error_handler(request: Request, exc: RequestValidationError) -> Response:
-    """FastAPI's 422 body with each error clipped, rendered ASCII-only: the default handler
-    echoes the input whole, and fails with a 500 when it holds a lone surrogate ("\\ud800")."""
-    errors = [clipped_error(error) for error in exc.errors()]
-    content = json.dumps({"detail": jsonable_encoder(errors)}, ensure_ascii=True)
-    return Response(content, status_code=422, media_type="application/json")
-
-
 def operation_id(route: APIRoute) -> str:
     """`users-create_user`: readable, unique method names for generated clients."""
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
@@ -596,8 +439,7 @@ def document_login_url(app: FastAPI, api_prefix: str) -> None:
 
     `CurrentUser`'s OAuth2 scheme is built once, at import, with the environment's
     API_V1_STR; an app built on other settings (`create_app(settings)`) would send the
-    button to a route it does not serve. FastAPI's "extending OpenAPI" pattern: wrap
-    `app.openapi`, whose result FastAPI caches.
+    button to a route it does not serve. Wrapped `app.openapi`, whose result FastAPI caches.
     """
     build_schema = app.openapi
 
@@ -610,22 +452,19 @@ def document_login_url(app: FastAPI, api_prefix: str) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def start_up(engine: Engine, settings: Settings, started_at: datetime) -> None:
-    migrate_database(engine)
-    create_first_superuser(engine, settings)
-    fail_interrupted_notifications(engine, started_at)
-
-
-def create_app(settings: Settings = default_settings) -> FastAPI:
+def create_app(settings: Settings = config.settings) -> FastAPI:
     """Build the application on `settings`: logging, database, middleware, routes."""
-    configure_logging(settings.LOG_LEVEL)
+    middleware.configure_logging(settings.LOG_LEVEL)
     config.log_start_up_warnings(settings)  # now that they get the app's log format (SPEC 7)
-    engine = create_db_engine(settings.DATABASE_URL)
+    engine = database.create_db_engine(settings.DATABASE_URL)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Blocking work (SQL, bcrypt) goes to a worker thread, never on the event loop.
-        await to_thread.run_sync(start_up, engine, settings, utc_now())
+        started_at = utc_now()
+        await to_thread.run_sync(database.migrate_database, engine)
+        await to_thread.run_sync(auth.create_first_superuser, engine, settings)
+        await to_thread.run_sync(emails.fail_interrupted_notifications, engine, started_at)
         yield
         await to_thread.run_sync(engine.dispose)
 
@@ -638,14 +477,14 @@ def create_app(settings: Settings = default_settings) -> FastAPI:
         generate_unique_id_function=operation_id,
         # No badge that would send the schema's URL to validator.swagger.io.
         swagger_ui_parameters={"validatorUrl": None},
+        exception_handlers=middleware.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.add_exception_handler(RequestValidationError, validation_error_handler)  # type: ignore[arg-type]
 
     # The last added runs first: request log (and 500s) -> CORS -> body size limit -> routes.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(middleware.BodySizeLimitMiddleware, max_bytes=middleware.MAX_BODY_BYTES)
     if settings.BACKEND_CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,
@@ -657,7 +496,7 @@ def create_app(settings: Settings = default_settings) -> FastAPI:
             # What a browser client reads: the request id, and when to retry after a 429.
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(middleware.RequestLogMiddleware)
 
     for router in (auth_router, users_router, items_router, notifications_router):
         app.include_router(router, prefix=settings.API_V1_STR)

@@ -1,4 +1,7 @@
-"""Pure ASGI middleware and logging set-up: what wraps every request.
+"""Pure ASGI middleware, the 422 handler and logging set-up: what wraps every request.
+
+Tier: safeguard, beside the lesson. `main.create_app` adds these; a beginner may skip
+the module on a first read.
 
 Patterns shown:
 - Pure ASGI middleware classes (no `BaseHTTPMiddleware`, which costs throughput and
@@ -10,17 +13,25 @@ Patterns shown:
   `Content-Length`.
 - `configure_logging`: stdlib logging to stderr, once, at `LOG_LEVEL`.
 - `printable`: what a request sent is escaped before it is logged, so it cannot forge a line.
+- `validation_error_handler`: FastAPI's 422 body, with every echo of the input clipped
+  (at most 100 characters, valid JSON), whatever the input.
 
 Imports: no project module.
 """
 
+import json
 import logging
+import math
 import re
+import reprlib
 import sys
 import time
 import uuid
+from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,6 +41,10 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The largest valid body, a notification, is under 64 KiB: a larger one is refused before it
+# is read, so no body can hold the event loop in json.loads (SPEC 5).
+MAX_BODY_BYTES = 64 * 1024
+MAX_ECHOED_CHARACTERS = 100
 
 
 def printable(text: str) -> str:
@@ -137,3 +152,45 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def clipped(value: Any) -> Any:
+    """A value as a 422 echoes it: at most 100 characters, valid JSON (SPEC 5). A long string
+    is cut; NaN and Infinity (which Python's json.loads accepts) become strings; a list or
+    object becomes a short preview that reprlib builds without walking it whole."""
+    if isinstance(value, str):
+        return value[:MAX_ECHOED_CHARACTERS]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if (
+        value is None
+        or isinstance(value, bool)
+        or (isinstance(value, int) and len(str(value)) <= MAX_ECHOED_CHARACTERS)
+    ):
+        return value
+    return reprlib.repr(value)[:MAX_ECHOED_CHARACTERS]
+
+
+def clipped_error(error: dict[str, Any]) -> dict[str, Any]:
+    """One error of a 422 with every echo of the input clipped: the input itself, and the
+    message and context, which repeat parts of it (an invalid email's characters, say)."""
+    echoed = {"msg": clipped(error["msg"])}
+    if "input" in error:
+        echoed["input"] = clipped(error["input"])
+    if "ctx" in error:
+        echoed["ctx"] = {
+            key: clipped(value) if isinstance(value, str) else value for key, value in error["ctx"].items()
+        }
+    return error | echoed
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 body with each error clipped, rendered ASCII-only: the default handler
+    echoes the input whole, and fails with a 500 when it holds a lone surrogate ("\\ud800")."""
+    errors = [clipped_error(error) for error in exc.errors()]
+    content = json.dumps({"detail": jsonable_encoder(errors)}, ensure_ascii=True)
+    return Response(content, status_code=422, media_type="application/json")
+
+
+# For `FastAPI(exception_handlers=...)`: the 422 handler above instead of FastAPI's own.
+EXCEPTION_HANDLERS: dict[Any, Any] = {RequestValidationError: validation_error_handler}

@@ -1,37 +1,33 @@
 """Tables and API schemas: SQLModel classes that are both.
 
+Tier: lesson path, read second.
+
 Patterns shown:
 - Base / table / Create / Update / Public / list classes per resource, each labelled with
   who it is for; fields a client must not set live only on the table (or the superuser's
   update class), so sign-up and `/users/me` ignore them whatever the body says.
 - Update classes: every field optional, but an explicit `null` for a non-nullable column
   is a 422, not a crash at commit (`str = Field(default=None)`: None is only the default).
-- Reusable `Annotated` field types: `Text` rejects what no database stores (NUL, lone
-  surrogates); `Password` counts UTF-8 bytes, bcrypt's real limit.
-- `UTCDateTime`: every datetime leaves the database timezone-aware UTC, on SQLite too.
+- Field types from `fieldtypes.py` (`Text`, `Email`, `Password`, `UTCDateTime`, ...): each
+  says what it refuses there.
 - Foreign keys with `ondelete="CASCADE"`: a user's items and notifications go with them.
 - `sqlite_autoincrement`: SQLite never hands a deleted row's id to a new one (it would
   otherwise reuse the highest id), so an old id in a token or a link never names a stranger.
 - `security_stamp`: a random value each token carries; a new one revokes them all
   (`recovery_stamp` does the same for reset tokens alone, at an email change).
 
-Imports: no project module.
+Imports: fieldtypes.
 """
 
-import re
 import secrets
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, EmailStr, StringConstraints
-from sqlalchemy import BigInteger, DateTime, Dialect, Index, Integer, func
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy import Index, func
 from sqlmodel import Field, SQLModel
 
-USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,50}$"
-MAX_PASSWORD_BYTES = 72
-# Every character str.splitlines() breaks a line at.
-LINE_SEPARATORS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+from fieldtypes import BigId, Email, Line, Password, Subject, Text, Username, UTCDateTime
+
 NotificationStatus = Literal["pending", "sent", "failed"]
 # What a notification is for: the hourly caps of SPEC 5 count by owner and kind.
 NotificationKind = Literal["welcome", "recovery", "email_change", "message"]
@@ -39,83 +35,6 @@ NotificationKind = Literal["welcome", "recovery", "email_change", "message"]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Stores UTC, returns timezone-aware UTC (SQLite would hand back naive datetimes)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and dialect.name == "sqlite":
-            return value.astimezone(UTC).replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
-
-
-def is_storable(value: str) -> bool:
-    """False for text no database stores: PostgreSQL refuses NUL, and no driver encodes a
-    lone surrogate (which a form in charset=utf-7 can carry)."""
-    return "\x00" not in value and re.search("[\ud800-\udfff]", value) is None
-
-
-def _storable_text(value: str) -> str:
-    # Rejected here as a 422 rather than as a 500 at commit.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    if not is_storable(value):
-        raise ValueError("must be valid Unicode text")
-    return value
-
-
-def _single_line(value: str) -> str:
-    # A mail program or a log reader may break a line at any of these.
-    if any(separator in value for separator in LINE_SEPARATORS):
-        raise ValueError("must be a single line")
-    return value
-
-
-def header_safe(value: str) -> str:
-    """A mail header value that cannot smuggle in another header (SPEC 5).
-
-    Besides line separators, refuse RFC 2047 encoded words (`=?utf-8?q?...?=`): Python's
-    `email` package before 3.11.10 / 3.12.5 decodes them back into raw line breaks when it
-    writes the message (CVE-2024-6923). `emails.send_email` checks every subject again.
-    """
-    _single_line(value)
-    if re.search(r"=\?.*\?=", value):
-        raise ValueError("must not contain an encoded word (=?...?=)")
-    return value
-
-
-def _password_bytes(value: str) -> str:
-    # bcrypt reads at most 72 bytes; longer would be silently cut (bcrypt < 5) or raise.
-    if not 8 <= len(value.encode("utf-8", "surrogatepass")) <= MAX_PASSWORD_BYTES:
-        raise ValueError("must be 8 to 72 bytes of UTF-8")
-    return _storable_text(value)
-
-
-Text = Annotated[str, AfterValidator(_storable_text)]
-Line = Annotated[str, AfterValidator(_storable_text), AfterValidator(_single_line)]
-Subject = Annotated[str, AfterValidator(_storable_text), AfterValidator(header_safe)]
-Email = Annotated[EmailStr, AfterValidator(str.lower)]
-Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)]
-Password = Annotated[str, AfterValidator(_password_bytes)]
-
-
-# The range of the 64-bit integers of SQLite and PostgreSQL (BIGINT).
-MIN_DB_INT, MAX_DB_INT = -(2**63), 2**63 - 1
-
-# 64-bit ids everywhere: BIGINT on PostgreSQL (INTEGER there is 32-bit), and SQLite's
-# INTEGER, which is 64-bit and the only type that makes a column the autoincrementing rowid.
-# Primary keys are None until the row is inserted; they are declared `int` because the
-# code reads them only after a commit.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def new_security_stamp() -> str:

@@ -1,8 +1,8 @@
-"""Safeguard: two requests racing on one row never give a 5xx (SPEC 5).
+"""Races: two requests on one row (or two workers on one file) never give a 5xx (SPEC 5).
 
-Tier: safeguards, beside the lesson. A beginner may skip this module on a first read: it
-keeps the routes of `main.py` correct when a row they read is deleted by another request
-before they write it.
+Tier: safeguard, beside the lesson. `main.py` and `database.py` call it by name
+(`races.user_change(...)`); a beginner may skip it on a first read: it keeps the routes
+correct when another request changes or deletes a row between their read and their write.
 
 Patterns shown:
 - One mechanism, in the session dependency (`database.get_session`): a write that finds
@@ -16,20 +16,32 @@ Patterns shown:
 - `remember_caller`: the dependency that authenticates notes the caller on the session
   (SQLAlchemy's `Session.info`, a dict for exactly such notes), so the answer can tell the
   two cases apart.
+- `user_change`: one context manager for every change to a user that a race could break:
+  two superusers demoting each other take turns (row locks), the last active superuser
+  stays, and a duplicate email or username that another request took first is the same 400
+  as the check before (`ensure_unique`), not a 500 from the unique index.
+- `switch_to_wal`: workers starting on a new SQLite file race to switch it to WAL; the
+  losers wait a little and try again.
 
 Imports: models.
 """
 
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from fastapi import HTTPException
-from sqlalchemy import delete
+from sqlalchemy import delete, func
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from models import Item, User
 
 ROW_GONE_ERRORS = (StaleDataError, IntegrityError)
 CALLER_ID = "caller_id"
+ACTIVE_SUPERUSERS = select(User.id).where(User.is_superuser, User.is_active)
 
 
 def remember_caller(session: Session, user: User) -> None:
@@ -62,3 +74,58 @@ def delete_row(session: Session, row: User | Item) -> None:
     deleted = session.exec(delete(table).where(table.id == row.id))  # type: ignore[arg-type]
     if deleted.rowcount != 1:
         raise StaleDataError(f"{table.__name__} {row.id} was deleted by another request")
+
+
+def ensure_unique(session: Session, *, email: str | None, username: str | None, user_id: int | None = None) -> None:
+    """400 if another user already has this email or (in any case) this username."""
+    others = select(User.id).where(User.id != user_id)
+    if email is not None and session.exec(others.where(User.email == email)).first() is not None:
+        raise HTTPException(status_code=400, detail="Email already registered")
+    if username is not None and session.exec(others.where(func.lower(User.username) == username.lower())).first():
+        raise HTTPException(status_code=400, detail="Username already taken")
+
+
+@contextmanager
+def user_change(session: Session, user: User) -> Iterator[None]:
+    """Around a change to `user` (an update, or `delete_row`), which it commits.
+
+    If `user` is an active superuser, every active superuser's row stays locked until the
+    commit (PostgreSQL: FOR UPDATE; SQLite lets one writer at a time hold the database from
+    its first write), so that two superusers demoting each other take turns; and if no
+    active superuser would be left, nothing changes: 400. A concurrent request that took the
+    email or username first gets the 400 of `ensure_unique`, not a 500 from the unique index.
+    """
+    was_superuser = user.is_superuser and user.is_active
+    if was_superuser:
+        session.exec(ACTIVE_SUPERUSERS.order_by(col(User.id)).with_for_update()).all()
+    yield
+    email, username, user_id = user.email, user.username, user.id
+    try:
+        session.flush()
+        if was_superuser and session.exec(ACTIVE_SUPERUSERS).first() is None:
+            session.rollback()
+            raise HTTPException(status_code=400, detail="Cannot remove the last superuser")
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        ensure_unique(session, email=email, username=username, user_id=user_id)
+        raise
+
+
+def switch_to_wal(cursor: sqlite3.Cursor, timeout_ms: int) -> None:
+    """Readers never block the writer and the writer never blocks readers.
+
+    WAL is kept in the file, so only the first connection to a new database switches it.
+    That switch needs an exclusive lock, and when two connections switch at once (workers
+    starting on a fresh file) SQLite tells one "database is locked" at once, without
+    waiting for the busy timeout: it waits a little and tries again.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

@@ -16,14 +16,15 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-import models
+import fieldtypes
+import models  # noqa: F401 (registers the tables on SQLModel.metadata)
 from config import settings
 from database import create_db_engine, migration_transaction
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Write UTCDateTime as the plain column type it is, so revisions never import models.py."""
-    if type_ == "type" and isinstance(obj, models.UTCDateTime):
+    if type_ == "type" and isinstance(obj, fieldtypes.UTCDateTime):
         return "sa.DateTime(timezone=True)"
     return False
 

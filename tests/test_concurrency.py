@@ -10,7 +10,7 @@ Patterns shown:
 - Everything bounded: request timeouts, polling with a deadline, capped loops. No test
   asserts a duration: a stall shows up as client timeouts or 500s (the pool's timeout).
 
-Imports: auth, conftest, live_server.
+Imports: limits, conftest, live_server.
 """
 
 import asyncio
@@ -30,8 +30,8 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from auth import BCRYPT_CONCURRENCY
 from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, login, settings_environ, signup
+from limits import BCRYPT_CONCURRENCY
 from live_server import STOP_SECONDS, Server, copy_app, running_server
 
 API = "/api/v1"

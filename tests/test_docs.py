@@ -26,6 +26,8 @@ from conftest import DEFAULT_PASSWORD, TEST_SECRET_KEY, MakeSettings, signup
 from live_server import child_environ, copy_app
 from main import create_app
 
+API = "/api/v1"
+
 SCRIPT_URL = re.compile(r"""\burl:\s*['"]([^'"]+)['"]""")
 CSS_URL = re.compile(r"""url\(\s*['"]?([^'")]+)""")
 OAUTH2_REDIRECT_URL = re.compile(r"""oauth2RedirectUrl:\s*window\.location\.origin\s*\+\s*['"]([^'"]+)['"]""")
@@ -155,3 +157,40 @@ def test_swagger_ui_authorize_form_logs_in(client: TestClient) -> None:
     me = client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token['access_token']}"})
     assert me.status_code == 200, me.text
     assert me.json()["username"] == "ada"
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", f"{API}/openapi.json"])
+def test_docs_and_schema_are_served(client: TestClient, path: str) -> None:
+    """Swagger UI, ReDoc and the schema answer 200 at their SPEC paths."""
+    assert client.get(path).status_code == 200
+
+
+def test_openapi_operation_ids_are_tag_and_function_name(client: TestClient) -> None:
+    """Operation ids read `tag-function_name` and are unique."""
+    schema = client.get(f"{API}/openapi.json").json()
+    ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids))
+    assert "users-create_user" in ids and "auth-login" in ids and "items-read_items" in ids
+    for operation_id in ids:
+        tag, _, name = operation_id.partition("-")
+        assert tag and name.isidentifier(), operation_id
+
+
+def test_openapi_never_shows_the_password_hash(client: TestClient) -> None:
+    """No schema of the API mentions hashed_password or security_stamp."""
+    text = client.get(f"{API}/openapi.json").text
+    assert "hashed_password" not in text
+    assert "security_stamp" not in text
+
+
+def test_openapi_documents_every_user_email_as_an_email(client: TestClient) -> None:
+    """Responses skip re-checking stored emails, yet the schema still says `format: email`."""
+    schemas = client.get(f"{API}/openapi.json").json()["components"]["schemas"]
+    for name in ("UserCreate", "UserPublic", "UserUpdateMe"):
+        assert schemas[name]["properties"]["email"]["format"] == "email", name
+
+
+def test_swagger_authorize_button_logs_in_through_auth_login(client: TestClient) -> None:
+    """The OAuth2 password flow of the schema points at the login endpoint."""
+    schemes = client.get(f"{API}/openapi.json").json()["components"]["securitySchemes"]
+    assert schemes["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"] == f"{API}/auth/login"

@@ -8,7 +8,7 @@ Patterns shown:
 - `TestClient` runs background tasks before it returns, so a notification's status is
   final right after the call that queued it.
 
-Imports: config, models, database, auth, emails, main, conftest, live_server.
+Imports: config, fieldtypes, models, database, auth, emails, limits, main, conftest, live_server.
 """
 
 import asyncio
@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 from sqlalchemy.pool import QueuePool
 from sqlmodel import Session
 
-import models
+import fieldtypes
 from auth import hash_password
 from config import Settings
 from conftest import (
@@ -53,7 +53,8 @@ from conftest import (
     signup,
 )
 from database import create_db_engine
-from emails import INTERRUPTED_ERROR, MAIL_CONCURRENCY, send_email
+from emails import INTERRUPTED_ERROR, send_email
+from limits import MAIL_CONCURRENCY
 from live_server import copy_app, free_port, running_server
 from main import create_app
 from models import Notification, User
@@ -245,13 +246,13 @@ def request_reset_token(client: TestClient, caplog: pytest.LogCaptureFixture, em
     return reset_token_from(caplog.text)
 
 
-def reset_claims(settings: Settings, user: dict[str, Any], issued: datetime) -> dict[str, Any]:
+def reset_claims(client: TestClient, settings: Settings, user: dict[str, Any], issued: datetime) -> dict[str, Any]:
     """The claims of `user`'s reset token issued at `issued`, as the app writes them."""
     return {
         "sub": str(user["id"]),
         "type": "reset",
-        "stamp": security_stamp(settings, user["id"]),
-        "recovery": security_stamp(settings, user["id"], "recovery_stamp"),
+        "stamp": security_stamp(client, user["id"]),
+        "recovery": security_stamp(client, user["id"], "recovery_stamp"),
         "iat": issued,
         "exp": issued + timedelta(minutes=settings.RESET_TOKEN_EXPIRE_MINUTES),
     }
@@ -763,7 +764,7 @@ def test_reset_password_rejects_an_expired_token(client: TestClient, settings: S
     """A reset token past its `exp` is a 400."""
     ada = signup(client, "ada")
     issued = datetime.now(UTC) - timedelta(minutes=settings.RESET_TOKEN_EXPIRE_MINUTES + 1)
-    expired = jwt.encode(reset_claims(settings, ada, issued), settings.SECRET_KEY, algorithm=settings.ALGORITHM)
+    expired = jwt.encode(reset_claims(client, settings, ada, issued), settings.SECRET_KEY, algorithm=settings.ALGORITHM)
 
     assert_reset_refused(client, expired)
     login(client, "ada")
@@ -772,7 +773,7 @@ def test_reset_password_rejects_an_expired_token(client: TestClient, settings: S
 def test_reset_password_rejects_a_token_signed_with_another_key(client: TestClient, settings: Settings) -> None:
     """A well-formed reset token not signed with SECRET_KEY is a 400."""
     ada = signup(client, "ada")
-    claims = reset_claims(settings, ada, datetime.now(UTC))
+    claims = reset_claims(client, settings, ada, datetime.now(UTC))
     forged = jwt.encode(claims, "another-secret-key-that-is-long-enough-for-hs256", algorithm=settings.ALGORITHM)
 
     assert_reset_refused(client, forged)
@@ -861,7 +862,7 @@ INJECTED_SUBJECTS = [
 def test_line_separators_are_every_one_that_splitlines_knows() -> None:
     """The subject check refuses exactly what str.splitlines() breaks lines at."""
     breaking = {chr(code) for code in range(0x110000) if len(f"a{chr(code)}b".splitlines()) > 1}
-    assert breaking == set(models.LINE_SEPARATORS)
+    assert breaking == set(fieldtypes.LINE_SEPARATORS)
 
 
 @pytest.mark.parametrize("subject", INJECTED_SUBJECTS)
@@ -1082,3 +1083,11 @@ def test_no_request_waits_for_mail_while_every_mail_thread_is_stuck(tmp_path: Pa
                     notify(client, headers)
             finally:
                 mailbox.release.set()
+
+
+def test_deleting_an_account_deletes_its_notifications(client: TestClient, user_headers: dict[str, str]) -> None:
+    """The welcome and every queued notification go with their owner (ON DELETE CASCADE)."""
+    notify(client, user_headers)
+    assert count_notifications(client) == 2
+    assert client.delete("/api/v1/users/me", headers=user_headers).status_code == 204
+    assert count_notifications(client) == 0

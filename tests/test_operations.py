@@ -37,8 +37,8 @@ from config import Settings, SettingsError, load_settings, read_or_create_dev_se
 from conftest import DEFAULT_PASSWORD, TEST_SECRET_KEY, MakeSettings, login, run_at_once, signup
 from database import create_db_engine
 from live_server import child_environ, copy_app, free_port, running_server
-from main import MAX_BODY_BYTES, create_app
-from middleware import BodySizeLimitMiddleware, RequestLogMiddleware
+from main import create_app
+from middleware import MAX_BODY_BYTES, BodySizeLimitMiddleware, RequestLogMiddleware
 
 REPOSITORY = Path(__file__).parent.parent
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")

@@ -9,7 +9,7 @@ Patterns shown:
   deleted user's 401 when the row was the caller's own account; a login whose account
   changed while its password was checked gets no session.
 
-Imports: conftest.
+Imports: auth, config, models, conftest.
 """
 
 from collections.abc import Callable
@@ -19,8 +19,12 @@ from typing import Any
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import Session, select
 
-from conftest import DEFAULT_PASSWORD, engine_of, paused_before
+import auth
+from config import Settings
+from conftest import DEFAULT_PASSWORD, engine_of, login, paused_before, promote, run_at_once, signup
+from models import User
 
 API = "/api/v1"
 USER = '"?user"?'  # PostgreSQL quotes the table name, SQLite does not
@@ -189,3 +193,41 @@ def test_recovery_racing_the_deletion_of_its_account_sends_nothing_and_logs_no_t
     assert response.status_code == 202, response.text
     assert "subject: Password recovery" not in caplog.text  # no mail
     assert not [record for record in caplog.records if record.levelname == "ERROR" or record.exc_info]
+
+
+def test_password_set_from_a_revoked_stamp_changes_nothing(client: TestClient, settings: Settings) -> None:
+    """`auth.set_password` is a compare-and-set on the stamp its caller's token carried: once
+    another change has replaced that stamp, a change from it (a used reset token, a revoked
+    access token) stores nothing, and the later password stays."""
+    signup(client, "ada")
+    engine = engine_of(client)
+    with Session(engine, expire_on_commit=False) as stale, Session(engine) as other:
+        user = stale.exec(select(User).where(User.username == "ada")).one()
+        read_stamp = user.security_stamp  # what a token issued now carries
+        stale.commit()
+        fresh = other.get(User, user.id)
+        assert fresh is not None
+        assert auth.set_password(other, fresh, "changed elsewhere", settings.BCRYPT_ROUNDS, from_stamp=read_stamp)
+        other.commit()
+        assert not auth.set_password(stale, user, "from the old stamp", settings.BCRYPT_ROUNDS, from_stamp=read_stamp)
+        stale.commit()
+    login(client, "ada", "changed elsewhere")
+
+
+def test_superusers_demoting_each_other_at_once_leave_one(
+    client: TestClient, superuser_headers: dict[str, str]
+) -> None:
+    """Two superusers each demoting the other at the same moment: the database lets one
+    through; the other gets 400, or 403 when its caller was demoted first; one remains."""
+    other_id, other_headers = promote(client, superuser_headers, "bob")
+    responses = run_at_once(
+        [
+            lambda: client.patch(f"{API}/users/{other_id}", headers=superuser_headers, json={"is_superuser": False}),
+            lambda: client.patch(f"{API}/users/1", headers=other_headers, json={"is_superuser": False}),
+        ]
+    )
+    assert sorted(response.status_code for response in responses) in ([200, 400], [200, 403])
+    listing = client.get(f"{API}/users/", headers=superuser_headers)
+    if listing.status_code == 403:
+        listing = client.get(f"{API}/users/", headers=other_headers)
+    assert [user["is_superuser"] for user in listing.json()["data"]] in ([True, False], [False, True])

@@ -26,6 +26,7 @@ from conftest import (
     SUPERUSER_EMAIL,
     SUPERUSER_PASSWORD,
     engine_of,
+    login,
     run_at_once,
     settings_environ,
     signup,
@@ -310,3 +311,18 @@ def test_reuse_on_another_worker_ends_the_session_for_all(tmp_path: Path, databa
             assert me_response.status_code == 401
         assert fresh("POST", "/auth/refresh", json={"refresh_token": token}).status_code == 401
         assert "Traceback" not in server.log()
+
+
+def test_token_of_deleted_account_is_refused_even_if_the_database_reuses_its_id(client: TestClient) -> None:
+    """Tokens are bound to the account, not only to its id: a new row given the old id
+    (as some databases would) is not opened by the old account's token."""
+    ada = signup(client, "ada")
+    headers = login(client, "ada")
+    assert client.delete(f"{API}/users/me", headers=headers).status_code == 204
+    with Session(engine_of(client)) as session:
+        session.add(User(id=ada["id"], email="eve@example.com", username="eve", hashed_password="x"))
+        session.commit()
+    for method, path in [("GET", "/users/me"), ("POST", "/items/")]:
+        response = client.request(method, f"{API}{path}", headers=headers, json={"title": "as eve"})
+        assert response.status_code == 401, response.text
+        assert response.json() == BAD_TOKEN
