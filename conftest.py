@@ -9,6 +9,8 @@ Patterns shown:
   names a PostgreSQL server, that database emptied first.
 - The app comes from `create_app(settings)` with test settings (`BCRYPT_ROUNDS=4` keeps
   the suite fast), entered with `with TestClient(app)` so the lifespan runs.
+- `undocumented_status_fails_the_test`: every response a TestClient sees is checked against its
+  operation's documented status codes (autouse).
 - `bcrypt_checks`: the bcrypt checks a request spent, counted where bcrypt is called.
 - Small helpers (`signup`, `login`) return what tests need next; they take any client,
   a `TestClient` or an `httpx2.Client` on a live server (`base_url` its root).
@@ -88,6 +90,41 @@ def postgres_database_url() -> str:
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     server.dispose()
     return url.set(database=name).render_as_string(hide_password=False)
+
+
+def documented_status_codes(app: Any, method: str, path: str) -> set[str] | None:
+    """The status codes the operation `method path` documents in `app`'s OpenAPI schema, or
+    None when no operation is there (an unknown path, the docs pages)."""
+    paths = app.openapi()["paths"]
+    templates = [
+        template
+        for template, operations in paths.items()
+        if method.lower() in operations and re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path)
+    ]
+    if not templates:
+        return None
+    template = min(templates, key=lambda template: template.count("{"))  # /users/me before /users/{user_id}
+    return set(paths[template][method.lower()]["responses"])
+
+
+@pytest.fixture(autouse=True)
+def undocumented_status_fails_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every response a `TestClient` gets from an operation must carry a status code that the
+    operation documents (SPEC 4), so a route that forgets `errors(...)` fails the suite here,
+    not in CI's contract run. 500 aside: an unhandled error is never documented."""
+    send = TestClient.send
+
+    def checked_send(self: TestClient, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        response = send(self, request, **kwargs)
+        if response.status_code != 500 and hasattr(self.app, "openapi"):
+            documented = documented_status_codes(self.app, request.method, request.url.path)
+            assert documented is None or str(response.status_code) in documented, (
+                f"{request.method} {request.url.path} answered {response.status_code},"
+                f" which its OpenAPI schema does not document ({', '.join(sorted(documented))})"
+            )
+        return response
+
+    monkeypatch.setattr(TestClient, "send", checked_send)
 
 
 @pytest.fixture(name="database_url")

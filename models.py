@@ -23,6 +23,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Literal
 
+from pydantic import StrictBool
 from sqlalchemy import Index, func
 from sqlmodel import Field, SQLModel
 
@@ -105,8 +106,9 @@ class UserUpdateMe(UserProfileUpdate):
 # Body of PATCH /users/{id}: what a superuser may change about anyone
 class UserUpdate(UserProfileUpdate):
     password: Password = Field(default=None, schema_extra={"examples": ["set by an admin"]})
-    is_active: bool = Field(default=None, schema_extra={"examples": [True]})
-    is_superuser: bool = Field(default=None, schema_extra={"examples": [False]})
+    # Strict: `false` is not 0 and "1" is not true (SPEC 4).
+    is_active: StrictBool = Field(default=None, schema_extra={"examples": [True]})
+    is_superuser: StrictBool = Field(default=None, schema_extra={"examples": [False]})
 
 
 # Body of PATCH /users/me/password

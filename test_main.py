@@ -695,6 +695,18 @@ def test_update_user_explicit_null_gets_422(client: TestClient, superuser_header
     assert response.status_code == 422, response.text
 
 
+@pytest.mark.parametrize("value", [1, 0, "true", "false", "1"])
+@pytest.mark.parametrize("field", ["is_active", "is_superuser"])
+def test_update_user_boolean_fields_are_strict(
+    client: TestClient, superuser_headers: dict[str, str], field: str, value: Any
+) -> None:
+    """Only JSON `true` and `false` are booleans: 1, 0 and strings are a 422 (SPEC 4)."""
+    user = signup(client, "ada")
+    response = client.patch(f"{API}/users/{user['id']}", headers=superuser_headers, json={field: value})
+    assert response.status_code == 422, response.text
+    assert client.get(f"{API}/users/{user['id']}", headers=superuser_headers).json()[field] == (field == "is_active")
+
+
 def test_delete_user_as_superuser_removes_their_items(client: TestClient, superuser_headers: dict[str, str]) -> None:
     """204, then the user is 404 and their items are gone."""
     user = signup(client, "ada")

@@ -20,8 +20,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
+from config import Settings
 from conftest import DEFAULT_PASSWORD, TEST_SECRET_KEY, MakeSettings, signup
 from live_server import child_environ, copy_app
 from main import create_app
@@ -194,3 +196,16 @@ def test_swagger_authorize_button_logs_in_through_auth_login(client: TestClient)
     """The OAuth2 password flow of the schema points at the login endpoint."""
     schemes = client.get(f"{API}/openapi.json").json()["components"]["securitySchemes"]
     assert schemes["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"] == f"{API}/auth/login"
+
+
+def test_a_status_code_missing_from_the_schema_fails_the_test(settings: Settings) -> None:
+    """conftest's autouse hook: a throwaway route that answers a 409 it does not document
+    fails whichever test meets it, naming the route and the code."""
+    app = create_app(settings)
+
+    @app.get("/throwaway")
+    def conflict() -> None:
+        raise HTTPException(status_code=409, detail="Conflict")
+
+    with TestClient(app) as client, pytest.raises(AssertionError, match="GET /throwaway answered 409"):
+        client.get("/throwaway")
