@@ -363,7 +363,7 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
 async def get_current_superuser(user: CurrentUser) -> User:
-    """403 unless the caller is a superuser (`async`: no I/O, so no threadpool trip)."""
+    """403 unless the caller is a superuser (`async`: it only reads memory, see `config.get_settings`)."""
     if not user.is_superuser:
         raise HTTPException(status_code=403, detail="Not enough privileges")
     return user

@@ -215,7 +215,10 @@ except SettingsError as error:
 async def get_settings(request: Request) -> Settings:
     """The settings of the app serving this request (see `main.create_app`).
 
-    `async` because it only reads memory: a `def` dependency costs a threadpool trip.
+    The async rule, stated once, here where the lesson first meets it: anything that
+    queries, hashes, mails or touches a file is a sync `def`, which FastAPI runs in a worker
+    thread; `async def` only where nothing blocks at all, like this one, which only reads
+    memory and so saves the threadpool trip.
     """
     return cast(Settings, request.app.state.settings)
 

@@ -103,8 +103,8 @@ def migrate_database(engine: Engine) -> None:
 
 
 async def get_engine(request: Request) -> Engine:
-    """The engine of the app serving this request, for background tasks (see main.py on
-    `async def`: this one only reads memory)."""
+    """The engine of the app serving this request, for background tasks (`async`: it only
+    reads memory; the async rule is in `config.get_settings`)."""
     return cast(Engine, request.app.state.engine)
 
 

@@ -138,9 +138,7 @@ def errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
 # A route behind CurrentUser can answer 401 and 403, one that reads a body 413 (over 64 KiB)
 # and 400 (not UTF-8): declared on the route, or once on a router whose every route has them.
 #
-# The async rule: sync `def` for anything that queries, hashes, mails or touches a file
-# (FastAPI runs it in a worker thread). `async def` only where nothing blocks at all (here
-# `read_user_me` and the dependencies that only read memory), which saves the thread trip.
+# Every route is a sync `def` but `read_user_me`: the async rule (`config.get_settings`).
 
 auth_router = APIRouter(prefix="/auth", tags=["auth"])
 users_router = APIRouter(prefix="/users", tags=["users"])

@@ -61,6 +61,7 @@ def answer_row_gone(session: Session, error: StaleDataError | IntegrityError) ->
     session.rollback()
     caller_id = session.info.get(CALLER_ID)
     if caller_id is not None and session.get(User, caller_id) is None:
+        # auth.credentials_error's 401 (auth imports this module, so it cannot be imported here)
         return HTTPException(
             status_code=401, detail="Could not validate credentials", headers={"WWW-Authenticate": "Bearer"}
         )
