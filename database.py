@@ -118,10 +118,15 @@ def get_session(engine: EngineDep) -> Iterator[Session]:
     stands, without reloading it (the tutorial's `session.refresh`); bench/, A/B in one run:
     POST /items/ 1.19x.
 
+    `autoflush=False`: a query never writes the changes pending in the session first, so
+    "change the row, then check for a duplicate" reads the database as it is instead of
+    failing inside the check on the unique index. Changes reach the database at `commit()`,
+    or at an explicit `flush()` where the code needs an id or a count first.
+
     The `except` is FastAPI's "dependencies with yield and except": a write whose row another
     request deleted meanwhile becomes a 404 or 401 here, for every route (see races.py).
     """
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(engine, expire_on_commit=False, autoflush=False) as session:
         try:
             yield session
         except races.ROW_GONE_ERRORS as error:

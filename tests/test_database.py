@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
+from sqlmodel import select
 
-from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, run_at_once
-from database import SQLITE_BUSY_TIMEOUT_MS, create_db_engine
+from conftest import DEFAULT_PASSWORD, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, engine_of, run_at_once
+from database import SQLITE_BUSY_TIMEOUT_MS, create_db_engine, get_session
+from models import User
 
 API = "/api/v1"
 NUL = "nul\x00byte"
@@ -146,3 +148,16 @@ def test_nul_byte_in_reset_token_gets_400(client: TestClient) -> None:
     response = client.post(f"{API}/auth/reset-password", json=body)
     assert response.status_code == 400, response.text
     assert response.json() == {"detail": "Invalid or expired token"}
+
+
+def test_request_session_writes_nothing_before_a_query(client: TestClient) -> None:
+    """`autoflush=False`: a change pending in the request's session stays out of the database
+    until commit or an explicit flush, so a check written after the change reads the database
+    as it is (the issue-20 trap: "update, then check for a duplicate" failed inside the check)."""
+    sessions = get_session(engine_of(client))
+    session = next(sessions)
+    superuser = session.get(User, 1)
+    assert superuser is not None
+    superuser.username = "renamed"
+    assert session.exec(select(User).where(User.username == "renamed")).first() is None
+    next(sessions, None)  # the dependency runs to its end: the session closes
