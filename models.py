@@ -11,8 +11,8 @@ Patterns shown:
 - Field types from `fieldtypes.py` (`Text`, `Email`, `Password`, `UTCDateTime`, ...): each
   says what it refuses there.
 - Foreign keys with `ondelete="CASCADE"`: a user's items and notifications go with them.
-- `sqlite_autoincrement`: SQLite never hands a deleted row's id to a new one (it would
-  otherwise reuse the highest id), so an old id in a token or a link never names a stranger.
+- Ids never reused, on SQLite too: `database.py` gives every table AUTOINCREMENT when it is
+  created, so an old id in a token or a link never names a stranger.
 - `security_stamp`: a random value each token carries; a new one revokes them all
   (`recovery_stamp` does the same for reset tokens alone, at an email change).
 
@@ -42,11 +42,6 @@ def new_security_stamp() -> str:
     return secrets.token_hex(16)
 
 
-# Ids of deleted rows are never handed out again on SQLite either (PostgreSQL's sequences
-# never do): AUTOINCREMENT instead of SQLite's default "highest id + 1".
-NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
-
-
 # --- Users --------------------------------------------------------------------------
 
 
@@ -59,7 +54,6 @@ class UserBase(SQLModel):
 
 # Database table: adds what only the server sets
 class User(UserBase, table=True):
-    __table_args__ = NEVER_REUSE_IDS
     id: int = Field(default=None, primary_key=True, sa_type=BigId)
     hashed_password: str
     is_active: bool = True
@@ -140,7 +134,6 @@ class ItemBase(SQLModel):
 
 
 class Item(ItemBase, table=True):
-    __table_args__ = NEVER_REUSE_IDS
     id: int = Field(default=None, primary_key=True, sa_type=BigId)
     owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
@@ -180,7 +173,6 @@ class NotificationBase(SQLModel):
 
 
 class Notification(NotificationBase, table=True):
-    __table_args__ = NEVER_REUSE_IDS
     id: int = Field(default=None, primary_key=True, sa_type=BigId)
     owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)
     kind: str = Field(default="message", max_length=16, sa_column_kwargs={"server_default": "message"})
@@ -226,7 +218,6 @@ class LoginFailure(SQLModel, table=True):
 # that logout can end it. Ended sessions are deleted at once, expired ones as new logins
 # come in; a deleted user's go with the user.
 class LoginSession(SQLModel, table=True):
-    __table_args__ = NEVER_REUSE_IDS  # an old token's session id never names a new session
     id: int = Field(default=None, primary_key=True, sa_type=BigId)
     user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)
     # The id of the one refresh token that may be used next: each use replaces it.

@@ -12,9 +12,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Column, Connection, Engine, Integer, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, func, select
 
@@ -189,3 +190,26 @@ def test_every_revision_keeps_sqlite_ids_never_reused(engine: Engine) -> None:
                 connection.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'").all()
             )
         assert all("AUTOINCREMENT" in tables[name] for name in ("user", "item", "notification")), revision
+
+
+def sqlite_tables(engine: Engine) -> dict[str, str]:
+    """Each SQLite table's name and its CREATE TABLE statement."""
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'").all()
+    return {name: sql for name, sql in rows if not name.startswith(("sqlite_", "alembic_"))}
+
+
+def test_a_batch_rebuild_that_forgets_autoincrement_keeps_it(engine: Engine) -> None:
+    """By construction (database._never_reuse_ids): a revision that rebuilds a table in batch
+    mode, written the way autogenerate writes it (no sqlite_autoincrement), keeps AUTOINCREMENT
+    on that table, and every table of a new database has it."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("AUTOINCREMENT is SQLite's; PostgreSQL's sequences never reuse ids")
+    migrate_database(engine)
+    assert all("AUTOINCREMENT" in sql for sql in sqlite_tables(engine).values()), sqlite_tables(engine)
+    with engine.connect() as connection, migration_transaction(connection), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipped unsupported reflection")  # lower(username)
+        operations = Operations(MigrationContext.configure(connection))
+        with operations.batch_alter_table("item", recreate="always") as batch:
+            batch.add_column(Column("priority", Integer(), nullable=False, server_default="0"))
+    assert "AUTOINCREMENT" in sqlite_tables(engine)["item"]
