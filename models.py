@@ -29,6 +29,16 @@ from sqlmodel import Field, SQLModel
 
 from fieldtypes import BigId, Email, Line, Password, Subject, Text, Username, UTCDateTime
 
+# Every constraint and index gets a predictable name: Alembic can only drop or change a named
+# one (in SQLite's batch mode too), and autogenerate then writes the same name on both databases.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
 NotificationStatus = Literal["pending", "sent", "failed"]
 # What a notification is for: the hourly caps of SPEC 5 count by owner and kind.
 NotificationKind = Literal["welcome", "recovery", "email_change", "message"]

@@ -6,13 +6,17 @@ Patterns shown:
 - The URL comes from `config.settings` (DATABASE_URL), never from alembic.ini; the app's
   start-up passes its own open connection in `config.attributes["connection"]`.
 - `render_as_batch`: SQLite cannot ALTER most things, so changes are written as
-  "copy the table" batches that work on SQLite and PostgreSQL alike.
+  "copy the table" batches that work on SQLite and PostgreSQL alike (constraints are named
+  by the metadata's naming convention, and `database.py` keeps AUTOINCREMENT on the copy).
+- `sequential_revision_ids`: revisions are numbered 0001, 0002, ...
 """
 
 from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
@@ -29,6 +33,12 @@ def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | 
     return False
 
 
+def sequential_revision_ids(migration: MigrationContext, revision: Any, directives: list[Any]) -> None:
+    """`alembic revision` numbers revisions 0001, 0002, ...: readable, in the order they run."""
+    head = ScriptDirectory.from_config(context.config).get_current_head()
+    directives[0].rev_id = f"{int(head or 0) + 1:04d}"
+
+
 def run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -36,6 +46,7 @@ def run_migrations(connection: Connection) -> None:
         render_as_batch=True,
         render_item=render_item,
         compare_type=True,
+        process_revision_directives=sequential_revision_ids,
     )
     with context.begin_transaction():
         context.run_migrations()

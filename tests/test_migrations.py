@@ -3,9 +3,12 @@
 Each test gets the empty database of conftest.py's `database_url` fixture.
 """
 
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -21,8 +24,9 @@ from sqlmodel import Session, SQLModel, col, func, select
 
 from auth import hash_password
 from config import Settings
-from conftest import login, run_at_once
+from conftest import login, run_at_once, settings_environ
 from database import ALEMBIC_INI, create_db_engine, migrate_database, migration_transaction
+from live_server import child_environ, copy_app
 from main import create_app
 from models import Item, Notification, User
 
@@ -213,3 +217,63 @@ def test_a_batch_rebuild_that_forgets_autoincrement_keeps_it(engine: Engine) -> 
         with operations.batch_alter_table("item", recreate="always") as batch:
             batch.add_column(Column("priority", Integer(), nullable=False, server_default="0"))
     assert "AUTOINCREMENT" in sqlite_tables(engine)["item"]
+
+
+# The README's recipe "Add a table with a foreign key", as a team would write it.
+PROJECT_MODEL = """
+
+class Project(SQLModel, table=True):
+    id: int = Field(default=None, primary_key=True, sa_type=BigId)
+    name: str = Field(max_length=100)
+    owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)
+"""
+ITEM_PROJECT_FIELD = (
+    '    project_id: int | None = Field(default=None, foreign_key="project.id", ondelete="SET NULL", index=True,'
+    " sa_type=BigId)\n"
+)
+
+
+def test_readme_recipe_adds_a_table_with_a_foreign_key_and_keeps_every_row(tmp_path: Path, database_url: str) -> None:
+    """On a copy of the app: a new table, and a foreign-key column on `item`; the README's
+    `alembic revision --autogenerate` writes revision 0006, which upgrades and downgrades with
+    every row kept (and AUTOINCREMENT on every SQLite table)."""
+    app_dir = copy_app(tmp_path / "app")
+    environ = child_environ(**settings_environ(database_url))
+
+    def alembic(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "alembic", *args],
+            cwd=app_dir,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout + result.stderr
+
+    alembic("upgrade", "head")
+    engine = create_db_engine(database_url)
+    with Session(engine) as session:
+        session.add(User(email="ada@example.com", username="ada", hashed_password="x"))
+        session.commit()
+        session.add(Item(title="kept", owner_id=1))
+        session.commit()
+    models = app_dir / "models.py"
+    source = models.read_text()
+    owner = '    owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)\n'
+    item_start = source.index("class Item(ItemBase, table=True):")
+    at = source.index(owner, item_start) + len(owner)
+    models.write_text(source[:at] + ITEM_PROJECT_FIELD + source[at:] + PROJECT_MODEL)
+
+    alembic("revision", "--autogenerate", "-m", "projects")
+    assert [path.name[:5] for path in (app_dir / "alembic" / "versions").glob("0006_*.py")] == ["0006_"]
+    for step in ("head", "-1", "head"):
+        alembic("downgrade" if step == "-1" else "upgrade", step)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT title FROM item")).scalars().all() == ["kept"], step
+    columns = {column["name"] for column in inspect(engine).get_columns("item")}
+    assert "project_id" in columns and "project" in inspect(engine).get_table_names()
+    if engine.dialect.name == "sqlite":
+        assert all("AUTOINCREMENT" in sql for sql in sqlite_tables(engine).values()), sqlite_tables(engine)
+    engine.dispose()
