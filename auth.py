@@ -105,29 +105,30 @@ def authenticate(session: Session, user: User | None, *, password: str, rounds: 
 
 
 def set_password(session: Session, user: User, new_password: str, rounds: int, *, from_stamp: str) -> bool:
-    """Store a new hash and revoke every token issued before (`revoke_every_token`).
+    """Store a new hash, and revoke every token issued before it (`revoke_every_token`).
 
     A compare-and-set on `from_stamp`, the stamp the caller's token carries: of two
     concurrent uses of one reset token, or a change racing a reset, only the first
     succeeds. False when no row was changed (that token was revoked meanwhile, or the
     account is gone). The caller commits.
     """
-    result = session.exec(
-        update(User)
-        .where(User.id == user.id, User.security_stamp == from_stamp)  # type: ignore[arg-type]
-        .values(hashed_password=hash_password(new_password, rounds), updated_at=utc_now())
-    )
-    if result.rowcount != 1:
+    hashed_password = hash_password(new_password, rounds)
+    return revoke_every_token(session, user.id, from_stamp=from_stamp, hashed_password=hashed_password)
+
+
+def revoke_every_token(session: Session, user_id: int, *, from_stamp: str | None = None, **changes: Any) -> bool:
+    """Store `changes` with a new `security_stamp`, in one UPDATE, and end every session:
+    every token issued before stops working, on every worker and host (a password change or
+    reset, a deactivation). With `from_stamp`, only if the stamp is still that one. False
+    when no row was changed. The caller commits."""
+    statement = update(User).where(User.id == user_id)  # type: ignore[arg-type]
+    if from_stamp is not None:
+        statement = statement.where(User.security_stamp == from_stamp)  # type: ignore[arg-type]
+    changed = session.exec(statement.values(security_stamp=new_security_stamp(), updated_at=utc_now(), **changes))
+    if changed.rowcount != 1:
         return False
-    revoke_every_token(session, user.id)
-    return True
-
-
-def revoke_every_token(session: Session, user_id: int) -> None:
-    """A new `security_stamp` and no session left: every token issued before stops working,
-    on every worker and host (a password change or reset, a deactivation). The caller commits."""
-    session.exec(update(User).where(User.id == user_id).values(security_stamp=new_security_stamp()))  # type: ignore[arg-type]
     end_every_session(session, user_id)
+    return True
 
 
 def create_first_superuser(engine: Engine, settings: Settings) -> None:
@@ -265,20 +266,10 @@ def next_refresh(settings: Settings) -> dict[str, Any]:
 
 def start_session(session: Session, user: User, settings: Settings) -> Token | None:
     """A new session for `user` (a login), and its tokens; None if the account changed since
-    `user` was read and its password verified. Expired sessions, anyone's, are deleted on the way,
-    so the table does not grow without bound.
-
-    The session is stored only if the account is still as verified: same `security_stamp`,
-    still active, still there. A password change, reset or deactivation that won the race
-    replaced the stamp, so this login gets nothing (SPEC 5). The re-check holds the account's
-    row until commit: PostgreSQL locks it (FOR SHARE, which a change of the stamp waits for);
-    SQLite lets one writer at a time hold the database from its first write (the DELETE).
-    """
+    `user` was read and its password verified. Expired sessions, anyone's, are deleted on the
+    way, so the table does not grow without bound."""
     session.exec(delete(LoginSession).where(col(LoginSession.expires_at) <= utc_now()))
-    unchanged = select(User.id).where(
-        User.id == user.id, User.security_stamp == user.security_stamp, col(User.is_active)
-    )
-    if session.exec(unchanged.with_for_update(read=True)).first() is None:
+    if not races.still_as_verified(session, user):  # a password change won the race (SPEC 5)
         session.rollback()
         return None
     login_session = LoginSession(user_id=user.id, **next_refresh(settings))

@@ -7,7 +7,7 @@ Patterns shown:
 - A yield dependency (`get_session`) and its `Annotated` alias `SessionDep`, with fewer
   sessions at once than the pool has connections (`max_concurrency`).
 - SQLite tuned for a web server on every new connection (WAL, foreign keys, busy
-  timeout, durable commits), each pragma with its reason; AUTOINCREMENT on every table.
+  timeout, durable commits), each pragma with its reason.
 - Alembic migrations applied at start-up, safe when several workers start at once.
 
 Imports: races; config (through alembic/env.py, which also imports models).
@@ -21,7 +21,7 @@ from typing import Annotated, Any, cast
 from alembic import command
 from alembic.config import Config
 from fastapi import Depends, Request
-from sqlalchemy import Connection, Engine, Table, event, inspect, text
+from sqlalchemy import Connection, Engine, event, inspect, text
 from sqlmodel import Session, create_engine
 
 import races
@@ -42,18 +42,6 @@ def _configure_sqlite_connection(dbapi_connection: Any, _connection_record: Any)
     # FULL: a commit is on disk before the client hears 201, even across power loss.
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
-
-
-@event.listens_for(Table, "before_create")
-def _never_reuse_ids(table: Table, connection: Connection, **_: Any) -> None:
-    """Ids of deleted rows are never handed out again on SQLite either (PostgreSQL's sequences
-    never do): AUTOINCREMENT instead of SQLite's default "highest id + 1", so an old id in a
-    token or a link never names a stranger. Set here, for every table SQLite creates (an
-    integer primary key is all AUTOINCREMENT needs), so it holds by construction: for the
-    models, for a new table of a migration, and for the copy an Alembic batch builds when it
-    rebuilds a table, which would otherwise lose it without a word."""
-    if connection.dialect.name == "sqlite":
-        table.dialect_options["sqlite"]["autoincrement"] = True
 
 
 def create_db_engine(database_url: str) -> Engine:

@@ -12,17 +12,19 @@ Patterns shown:
   timezone-aware UTC, on SQLite too.
 - 64-bit bounds: `BigId` for every key, and `Skip`, `Limit`, `RowId` for query and path
   parameters, so a number the driver would overflow on is a 422, not a 500.
+- Ids never reused, on SQLite too: a SQLAlchemy `before_create` event gives every table
+  AUTOINCREMENT, including the copies Alembic's batch mode builds.
 
 Imports: no project module.
 """
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Path, Query
 from pydantic import AfterValidator, EmailStr, StringConstraints
-from sqlalchemy import BigInteger, DateTime, Dialect, Integer
+from sqlalchemy import BigInteger, Connection, DateTime, Dialect, Integer, Table, event
 from sqlalchemy.types import TypeDecorator
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,50}$"
@@ -106,6 +108,19 @@ MIN_DB_INT, MAX_DB_INT = -(2**63), 2**63 - 1
 # Primary keys are None until the row is inserted; they are declared `int` because the
 # code reads them only after a commit.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+@event.listens_for(Table, "before_create")
+def _never_reuse_ids(table: Table, connection: Connection, **_: Any) -> None:
+    """Ids of deleted rows are never handed out again on SQLite either (PostgreSQL's sequences
+    never do): AUTOINCREMENT instead of SQLite's default "highest id + 1", so an old id in a
+    token or a link never names a stranger. Set here, for every table SQLite creates (an
+    integer primary key is all AUTOINCREMENT needs), so it holds by construction: for the
+    models, for a new table of a migration, and for the copy an Alembic batch builds when it
+    rebuilds a table, which would otherwise lose it without a word."""
+    if connection.dialect.name == "sqlite":
+        table.dialect_options["sqlite"]["autoincrement"] = True
+
 
 # Ids and offsets in a request are bounded the same way.
 Skip = Annotated[int, Query(ge=0, le=MAX_DB_INT)]

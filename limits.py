@@ -50,8 +50,13 @@ def too_many_requests(detail: str, retry_after: int) -> HTTPException:
 def login_key(login: str, user: User | None) -> str:
     """What a failed login counts against (see `models.LoginFailure`)."""
     if user is not None:
-        return f"user:{user.id}"
+        return account_key(user)
     return "text:" + hashlib.sha256(login.lower().encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def account_key(user: User) -> str:
+    """The failed-login count of `user`'s account: its username and email share it."""
+    return f"user:{user.id}"
 
 
 def refuse_throttled_login(session: Session, key: str, settings: Settings) -> None:
@@ -84,13 +89,11 @@ def clear_login_failures(session: Session, key: str) -> None:
 
 
 def check_current_password(session: Session, user: User, password: str, settings: Settings) -> None:
-    """For the routes that check the caller's password: 429 while the account's logins are
-    throttled, and 400 for a wrong password, counted as a failed login. A stolen access token
-    is no way to guess the password (SPEC 5)."""
-    key = login_key(user.email, user)
-    refuse_throttled_login(session, key, settings)
+    """400 unless `password` is the caller's; a wrong one counts as a failed login of the
+    account. With `refuse_throttled_login` first, a stolen access token is no way to guess the
+    password (SPEC 5)."""
     if not auth.verify_password(password, user.hashed_password):
-        record_login_failure(session, key, settings)
+        record_login_failure(session, account_key(user), settings)
         raise HTTPException(status_code=400, detail="Incorrect password")
 
 

@@ -212,7 +212,7 @@ def reset_password(body: PasswordReset, session: SessionDep, settings: SettingsD
         )
     ):
         raise HTTPException(status_code=400, detail="Invalid or expired token")
-    limits.clear_login_failures(session, limits.login_key(user.email, user))  # the owner is back in
+    limits.clear_login_failures(session, limits.account_key(user))  # the owner is back in
     session.commit()
     return Message(message="Password updated")
 
@@ -254,7 +254,7 @@ def update_user_me(
     background_tasks: BackgroundTasks,
 ) -> User:
     """Change the caller's email, username or full name; a new email needs the password."""
-    limits.refuse_throttled_login(session, limits.login_key(user.email, user), settings)
+    limits.refuse_throttled_login(session, limits.account_key(user), settings)  # like a login (SPEC 5)
     changes = body.model_dump(exclude_unset=True, exclude={"current_password"})
     notice = None
     if changes.get("email", user.email) != user.email:
@@ -276,6 +276,7 @@ def update_user_me(
 )
 def update_password_me(body: UpdatePassword, session: SessionDep, settings: SettingsDep, user: CurrentUser) -> Message:
     """Change the caller's password; every token issued before stops working."""
+    limits.refuse_throttled_login(session, limits.account_key(user), settings)  # like a login (SPEC 5)
     limits.check_current_password(session, user, body.current_password, settings)
     # A compare-and-set on the stamp of the caller's token: if another change, a reset or the
     # account's deletion came first, that token is revoked by now.

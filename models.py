@@ -11,8 +11,8 @@ Patterns shown:
 - Field types from `fieldtypes.py` (`Text`, `Email`, `Password`, `UTCDateTime`, ...): each
   says what it refuses there.
 - Foreign keys with `ondelete="CASCADE"`: a user's items and notifications go with them.
-- Ids never reused, on SQLite too: `database.py` gives every table AUTOINCREMENT when it is
-  created, so an old id in a token or a link never names a stranger.
+- Ids never reused, on SQLite too: `fieldtypes.py` gives every table AUTOINCREMENT when it
+  is created, so an old id in a token or a link never names a stranger.
 - `security_stamp`: a random value each token carries; a new one revokes them all
   (`recovery_stamp` does the same for reset tokens alone, at an email change).
 

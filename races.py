@@ -20,6 +20,8 @@ Patterns shown:
   two superusers demoting each other take turns (row locks), the last active superuser
   stays, and a duplicate email or username that another request took first is the same 400
   as the check before (`ensure_unique`), not a 500 from the unique index.
+- `still_as_verified`: a login stores its session only if the account is still as its
+  password was checked (`auth.start_session`).
 - `switch_to_wal`: workers starting on a new SQLite file race to switch it to WAL; the
   losers wait a little and try again.
 
@@ -75,6 +77,18 @@ def delete_row(session: Session, row: User | Item) -> None:
     deleted = session.exec(delete(table).where(table.id == row.id))  # type: ignore[arg-type]
     if deleted.rowcount != 1:
         raise StaleDataError(f"{table.__name__} {row.id} was deleted by another request")
+
+
+def still_as_verified(session: Session, user: User) -> bool:
+    """True if `user`'s row is still there, active, with the `security_stamp` it was read
+    with: a login whose password was checked while a change, a reset or a deactivation
+    replaced the stamp gets no session. Called after the transaction's first write, it holds
+    the row until commit: PostgreSQL locks it (FOR SHARE, which a change of the stamp waits
+    for); SQLite lets one writer at a time hold the database from its first write."""
+    unchanged = select(User.id).where(
+        User.id == user.id, User.security_stamp == user.security_stamp, col(User.is_active)
+    )
+    return session.exec(unchanged.with_for_update(read=True)).first() is not None
 
 
 def ensure_unique(session: Session, *, email: str | None, username: str | None, user_id: int | None = None) -> None:

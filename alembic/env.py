@@ -7,7 +7,7 @@ Patterns shown:
   start-up passes its own open connection in `config.attributes["connection"]`.
 - `render_as_batch`: SQLite cannot ALTER most things, so changes are written as
   "copy the table" batches that work on SQLite and PostgreSQL alike (constraints are named
-  by the metadata's naming convention, and `database.py` keeps AUTOINCREMENT on the copy).
+  by the metadata's naming convention, and `fieldtypes.py` keeps AUTOINCREMENT on the copy).
 - `sequential_revision_ids`: revisions are numbered 0001, 0002, ...
 """
 

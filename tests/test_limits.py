@@ -166,19 +166,23 @@ def test_wrong_current_password_counts_as_a_failed_login(client: TestClient) -> 
     assert_throttled(try_login(client, "ada"))
 
 
-@pytest.mark.parametrize("route", ["password", "email"])
-def test_password_checking_routes_answer_the_logins_429_while_throttled(client: TestClient, route: str) -> None:
-    """While the account's logins are throttled, the right current password gets the same 429
-    with Retry-After, and nothing changes."""
+@pytest.mark.parametrize("route", ["password", "email", "full name"])
+def test_own_account_routes_answer_the_logins_429_while_throttled(client: TestClient, route: str) -> None:
+    """While the account's logins are throttled, PATCH /users/me/password and PATCH /users/me
+    (the right current password included) get the same 429 with Retry-After, and nothing
+    changes (SPEC 4's table)."""
     signup(client, "ada")
     headers = login(client, "ada")
     fail_logins(client, "ada", 5)
     if route == "password":
         response = change_password(client, headers, DEFAULT_PASSWORD)
-    else:
+    elif route == "email":
         response = change_email(client, headers, "ada2@example.com")
+    else:
+        response = client.patch(f"{API}/users/me", headers=headers, json={"full_name": "Ada King"})
     assert assert_throttled(response) > 0
-    assert client.get(f"{API}/users/me", headers=headers).json()["email"] == "ada@example.com"
+    me = client.get(f"{API}/users/me", headers=headers).json()
+    assert (me["email"], me["full_name"]) == ("ada@example.com", None)
 
 
 def test_login_throttling_holds_across_two_workers_and_a_restart(make_settings: MakeSettings) -> None:

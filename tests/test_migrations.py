@@ -204,7 +204,7 @@ def sqlite_tables(engine: Engine) -> dict[str, str]:
 
 
 def test_a_batch_rebuild_that_forgets_autoincrement_keeps_it(engine: Engine) -> None:
-    """By construction (database._never_reuse_ids): a revision that rebuilds a table in batch
+    """By construction (fieldtypes._never_reuse_ids): a revision that rebuilds a table in batch
     mode, written the way autogenerate writes it (no sqlite_autoincrement), keeps AUTOINCREMENT
     on that table, and every table of a new database has it."""
     if engine.dialect.name != "sqlite":
