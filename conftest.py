@@ -92,10 +92,18 @@ def postgres_database_url() -> str:
     return url.set(database=name).render_as_string(hide_password=False)
 
 
+# Building an app's OpenAPI schema takes ~90 ms, and every test builds its own app: the
+# schema's paths are kept per prefix and route count (a throwaway route makes another entry).
+_documented_paths: dict[tuple[str, int], dict[str, Any]] = {}
+
+
 def documented_status_codes(app: Any, method: str, path: str) -> set[str] | None:
     """The status codes the operation `method path` documents in `app`'s OpenAPI schema, or
     None when no operation is there (an unknown path, the docs pages)."""
-    paths = app.openapi()["paths"]
+    key = (app.openapi_url, len(app.routes))
+    if key not in _documented_paths:
+        _documented_paths[key] = app.openapi()["paths"]
+    paths = _documented_paths[key]
     templates = [
         template
         for template, operations in paths.items()
