@@ -4,11 +4,13 @@ Patterns shown:
 - The environment cleaned before the project is imported (no `.env`, no exported setting),
   and an autouse fixture that strips settings again for each test: the suite passes the
   same on any machine, and writes nothing into the checkout.
-- Each test gets its own database, built by the production engine function (WAL and
-  foreign keys really on): a SQLite file under `tmp_path`, or, when `TEST_DATABASE_URL`
-  names a PostgreSQL server, that database emptied first.
+- Each test gets a fresh database, opened by the production engine function (WAL and
+  foreign keys really on): the test process's SQLite file, deleted first, or, when
+  `TEST_DATABASE_URL` names a PostgreSQL server, that database emptied first.
 - The app comes from `create_app(settings)` with test settings (`BCRYPT_ROUNDS=4` keeps
-  the suite fast), entered with `with TestClient(app)` so the lifespan runs.
+  the suite fast), built once per test process (`app`, session-scoped) and entered per
+  test with `with TestClient(app)`, so start-up and shutdown run for every test. A test
+  that needs other settings builds its own app with `make_settings(...)`.
 - `undocumented_status_fails_the_test`: every response a TestClient sees is checked against its
   operation's documented status codes (autouse).
 - `bcrypt_checks`: the bcrypt checks a request spent, counted where bcrypt is called.
