@@ -7,7 +7,8 @@ Patterns shown:
   start-up passes its own open connection in `config.attributes["connection"]`.
 - `render_as_batch`: SQLite cannot ALTER most things, so changes are written as
   "copy the table" batches that work on SQLite and PostgreSQL alike (constraints are named
-  by the metadata's naming convention, and `fieldtypes.py` keeps AUTOINCREMENT on the copy).
+  by the metadata's naming convention, `fieldtypes.py` keeps AUTOINCREMENT on the copy, and
+  an expression index, which SQLite cannot reflect, is created again at head).
 - `sequential_revision_ids`: revisions are numbered 0001, 0002, ...
 """
 
@@ -17,7 +18,9 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Column, inspect
 from sqlalchemy.engine import Connection
+from sqlalchemy.schema import CreateIndex
 from sqlmodel import SQLModel
 
 import fieldtypes
@@ -39,6 +42,21 @@ def sequential_revision_ids(migration: MigrationContext, revision: Any, directiv
     directives[0].rev_id = f"{int(head or 0) + 1:04d}"
 
 
+def restore_expression_indexes(connection: Connection) -> None:
+    """SQLite cannot reflect an expression index (`lower(username)`), so a batch copy of its
+    table drops it without a word. At head, create again each one the models declare on a
+    table the database has: no revision that rebuilds `user` needs to remember it."""
+    script = ScriptDirectory.from_config(context.config)
+    at_head = set(context.get_context().get_current_heads()) == set(script.get_heads())
+    if connection.dialect.name != "sqlite" or not at_head:
+        return
+    for table in SQLModel.metadata.sorted_tables:
+        for index in table.indexes:
+            expression_index = not all(isinstance(expression, Column) for expression in index.expressions)
+            if expression_index and inspect(connection).has_table(table.name):
+                connection.execute(CreateIndex(index, if_not_exists=True))
+
+
 def run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -50,6 +68,7 @@ def run_migrations(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+        restore_expression_indexes(connection)
 
 
 if context.is_offline_mode():

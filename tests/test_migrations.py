@@ -18,7 +18,7 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
-from sqlalchemy import Column, Connection, Engine, Integer, inspect, text
+from sqlalchemy import Column, Connection, Engine, Integer, PrimaryKeyConstraint, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, func, select
 
@@ -219,6 +219,62 @@ def test_a_batch_rebuild_that_forgets_autoincrement_keeps_it(engine: Engine) -> 
     assert "AUTOINCREMENT" in sqlite_tables(engine)["item"]
 
 
+def constraint_names(engine: Engine) -> dict[str, set[str | None]]:
+    """Each table's primary key, foreign key and unique constraint names, as the database has
+    them (SQLite keeps no name for an AUTOINCREMENT primary key: left out there)."""
+    names: dict[str, set[str | None]] = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipped unsupported reflection")  # lower(username)
+        inspector = inspect(engine)
+        for table in SQLModel.metadata.tables:
+            primary_key = {inspector.get_pk_constraint(table)["name"]} - (
+                {None} if engine.dialect.name == "sqlite" else set()
+            )
+            keys = {key["name"] for key in inspector.get_foreign_keys(table)}
+            names[table] = primary_key | keys | {unique["name"] for unique in inspector.get_unique_constraints(table)}
+    return names
+
+
+def test_database_made_before_the_naming_convention_gets_its_names_with_rows_kept(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database created before models.py had a naming convention (PostgreSQL's own names,
+    none on SQLite) gets the names models.py gives (revision 0006), rows and AUTOINCREMENT kept."""
+    named_by_the_models = {
+        table.name: {
+            constraint.name
+            for constraint in table.constraints
+            if not (engine.dialect.name == "sqlite" and isinstance(constraint, PrimaryKeyConstraint))
+        }
+        for table in SQLModel.metadata.sorted_tables
+    }
+    with monkeypatch.context() as before_the_convention:
+        before_the_convention.setattr(SQLModel.metadata, "naming_convention", {"ix": "ix_%(column_0_label)s"})
+        alembic_command(engine, "upgrade", "0005")
+    assert constraint_names(engine) != named_by_the_models
+    with Session(engine) as session:
+        user = User(email="ada@example.com", username="ada", hashed_password="x")
+        session.add(user)
+        session.flush()
+        session.add(Item(title="kept", owner_id=user.id))
+        session.add(Notification(owner_id=user.id, email="ada@example.com", subject="s", message="m"))
+        session.commit()
+
+    alembic_command(engine, "upgrade", "head")
+
+    assert constraint_names(engine) == named_by_the_models
+    with Session(engine) as session:
+        assert session.exec(select(Item.title)).all() == ["kept"]
+        assert session.exec(select(func.count()).select_from(Notification)).one() == 1
+    if engine.dialect.name == "sqlite":
+        assert all("AUTOINCREMENT" in sql for sql in sqlite_tables(engine).values()), sqlite_tables(engine)
+    assert schema_differences(engine) == []
+    with Session(engine) as session:  # the lower(username) index, which SQLite cannot reflect, is there
+        session.add(User(email="ada2@example.com", username="ADA", hashed_password="x"))
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
 # The README's recipe "Add a table with a foreign key", as a team would write it.
 PROJECT_MODEL = """
 
@@ -235,7 +291,7 @@ ITEM_PROJECT_FIELD = (
 
 def test_readme_recipe_adds_a_table_with_a_foreign_key_and_keeps_every_row(tmp_path: Path, database_url: str) -> None:
     """On a copy of the app: a new table, and a foreign-key column on `item`; the README's
-    `alembic revision --autogenerate` writes revision 0006, which upgrades and downgrades with
+    `alembic revision --autogenerate` writes the next revision, which upgrades and downgrades with
     every row kept (and AUTOINCREMENT on every SQLite table)."""
     app_dir = copy_app(tmp_path / "app")
     environ = child_environ(**settings_environ(database_url))
@@ -266,8 +322,10 @@ def test_readme_recipe_adds_a_table_with_a_foreign_key_and_keeps_every_row(tmp_p
     at = source.index(owner, item_start) + len(owner)
     models.write_text(source[:at] + ITEM_PROJECT_FIELD + source[at:] + PROJECT_MODEL)
 
+    head = ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
     alembic("revision", "--autogenerate", "-m", "projects")
-    assert [path.name[:5] for path in (app_dir / "alembic" / "versions").glob("0006_*.py")] == ["0006_"]
+    numbered_next = f"{int(head or 0) + 1:04d}_projects.py"
+    assert (app_dir / "alembic" / "versions" / numbered_next).exists(), numbered_next
     for step in ("head", "-1", "head"):
         alembic("downgrade" if step == "-1" else "upgrade", step)
         with engine.connect() as connection:
