@@ -123,14 +123,15 @@ def get_session(engine: EngineDep) -> Iterator[Session]:
     failing inside the check on the unique index. Changes reach the database at `commit()`,
     or at an explicit `flush()` where the code needs an id or a count first.
 
-    The `except` is FastAPI's "dependencies with yield and except": a write whose row another
-    request deleted meanwhile becomes a 404 or 401 here, for every route (see races.py).
+    The `except` is FastAPI's "dependencies with yield and except": a write the database
+    refuses because another request came first (a duplicate, a row deleted meanwhile)
+    becomes a 400, 404 or 401 here, for every route (see races.py).
     """
     with Session(engine, expire_on_commit=False, autoflush=False) as session:
         try:
             yield session
-        except races.ROW_GONE_ERRORS as error:
-            raise races.answer_row_gone(session, error) from None
+        except races.WRITE_REFUSED_ERRORS as error:
+            raise races.answer_write_refused(session, error) from None
 
 
 # At most this many request sessions at once per process, fewer than the pool's 15

@@ -5,10 +5,11 @@ Tier: safeguard, beside the lesson. `main.py` and `database.py` call it by name
 correct when another request changes or deletes a row between their read and their write.
 
 Patterns shown:
-- One mechanism, in the session dependency (`database.get_session`): a write that finds
-  its row gone meanwhile raises, and `answer_row_gone` turns that into the 4xx a client
-  would have got a moment later: 401 when the caller's own account is gone (as for a
-  deleted user's token), else 404. No wrapper per endpoint.
+- One mechanism, in the session dependency (`database.get_session`): a write the database
+  refuses because of another request raises, and `answer_write_refused` turns that into the
+  4xx a client would have got a moment later: 400 for a duplicate (by the unique
+  constraint's name), 401 when the caller's own account is gone (as for a deleted user's
+  token), else 404 for a row gone. No wrapper per endpoint.
 - What "gone" looks like to SQLAlchemy: an UPDATE of a row that is not there any more
   (`StaleDataError`), an INSERT that refers to a deleted row (a foreign-key
   `IntegrityError`), and, through `delete_row`, a DELETE that found nothing to delete (the
@@ -18,8 +19,7 @@ Patterns shown:
   two cases apart.
 - `user_change`: one context manager for every change to a user that a race could break:
   two superusers demoting each other take turns (row locks), the last active superuser
-  stays, and a duplicate email or username that another request took first is the same 400
-  as the check before (`ensure_unique`), not a 500 from the unique index.
+  stays.
 - `still_as_verified`: a login stores its session only if the account is still as its
   password was checked (`auth.start_session`).
 - `switch_to_wal`: workers starting on a new SQLite file race to switch it to WAL; the
@@ -41,7 +41,13 @@ from sqlmodel import Session, col, select
 
 from models import Item, User
 
-ROW_GONE_ERRORS = (StaleDataError, IntegrityError)
+WRITE_REFUSED_ERRORS = (StaleDataError, IntegrityError)
+# What each unique constraint's 400 says, by the names the databases report (models.py).
+DUPLICATE_DETAILS = {
+    "uq_user_email": "Email already registered",  # PostgreSQL
+    "user.email": "Email already registered",  # SQLite
+    "ix_user_username_lower": "Username already taken",  # both
+}
 CALLER_ID = "caller_id"
 ACTIVE_SUPERUSERS = select(User.id).where(User.is_superuser, User.is_active)
 
@@ -56,11 +62,24 @@ def is_foreign_key_error(error: IntegrityError) -> bool:
     return "FOREIGN KEY constraint failed" in str(error.orig) or getattr(error.orig, "sqlstate", None) == "23503"
 
 
-def answer_row_gone(session: Session, error: StaleDataError | IntegrityError) -> HTTPException:
-    """The 4xx for a write whose row went away meanwhile; any other error is raised again."""
+def duplicate_detail(error: IntegrityError) -> str | None:
+    """The 400's detail when `error` is a unique constraint refusing a duplicate, else None.
+    PostgreSQL names the constraint; SQLite names the column, or the index."""
+    if "UNIQUE constraint failed" not in str(error.orig) and getattr(error.orig, "sqlstate", None) != "23505":
+        return None
+    reported = getattr(getattr(error.orig, "diag", None), "constraint_name", None) or str(error.orig)
+    return next((detail for name, detail in DUPLICATE_DETAILS.items() if name in reported), "Already exists")
+
+
+def answer_write_refused(session: Session, error: StaleDataError | IntegrityError) -> HTTPException:
+    """The 4xx for a write the database refused because of what another request did first:
+    a duplicate (400), a row gone meanwhile (404), the caller's own account gone (401). Any
+    other refusal (a NOT NULL, say) is a bug, raised again: a 500."""
+    session.rollback()
+    if isinstance(error, IntegrityError) and (detail := duplicate_detail(error)) is not None:
+        return HTTPException(status_code=400, detail=detail)
     if isinstance(error, IntegrityError) and not is_foreign_key_error(error):
         raise error
-    session.rollback()
     caller_id = session.info.get(CALLER_ID)
     if caller_id is not None and session.get(User, caller_id) is None:
         # auth.credentials_error's 401 (auth imports this module, so it cannot be imported here)
@@ -107,24 +126,19 @@ def user_change(session: Session, user: User) -> Iterator[None]:
     If `user` is an active superuser, every active superuser's row stays locked until the
     commit (PostgreSQL: FOR UPDATE; SQLite lets one writer at a time hold the database from
     its first write), so that two superusers demoting each other take turns; and if no
-    active superuser would be left, nothing changes: 400. A concurrent request that took the
-    email or username first gets the 400 of `ensure_unique`, not a 500 from the unique index.
+    active superuser would be left, nothing changes: 400. (A concurrent request that took the
+    email or username first: the unique index refuses the write, and `answer_write_refused`
+    gives the same 400 as `ensure_unique`.)
     """
     was_superuser = user.is_superuser and user.is_active
     if was_superuser:
         session.exec(ACTIVE_SUPERUSERS.order_by(col(User.id)).with_for_update()).all()
     yield
-    email, username, user_id = user.email, user.username, user.id
-    try:
-        session.flush()
-        if was_superuser and session.exec(ACTIVE_SUPERUSERS).first() is None:
-            session.rollback()
-            raise HTTPException(status_code=400, detail="Cannot remove the last superuser")
-        session.commit()
-    except IntegrityError:
+    session.flush()
+    if was_superuser and session.exec(ACTIVE_SUPERUSERS).first() is None:
         session.rollback()
-        ensure_unique(session, email=email, username=username, user_id=user_id)
-        raise
+        raise HTTPException(status_code=400, detail="Cannot remove the last superuser")
+    session.commit()
 
 
 def switch_to_wal(cursor: sqlite3.Cursor, timeout_ms: int) -> None:

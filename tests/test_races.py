@@ -9,7 +9,7 @@ Patterns shown:
   deleted user's 401 when the row was the caller's own account; a login whose account
   changed while its password was checked gets no session.
 
-Imports: auth, config, models, conftest.
+Imports: auth, config, database, main, models, conftest.
 """
 
 from collections.abc import Callable
@@ -23,7 +23,19 @@ from sqlmodel import Session, select
 
 import auth
 from config import Settings
-from conftest import DEFAULT_PASSWORD, engine_of, login, paused_before, promote, run_at_once, signup
+from conftest import (
+    DEFAULT_PASSWORD,
+    SUPERUSER_EMAIL,
+    MakeSettings,
+    engine_of,
+    login,
+    paused_before,
+    promote,
+    run_at_once,
+    signup,
+)
+from database import SessionDep
+from main import create_app
 from models import User
 
 API = "/api/v1"
@@ -110,6 +122,52 @@ def test_item_deletion_racing_another_deletion_gets_404(client: TestClient, user
 
     response = race(client, "^DELETE FROM item", lambda: client.delete(url, headers=user_headers), delete_first)
     assert response.status_code == 404, response.text
+
+
+def test_email_change_racing_a_signup_that_takes_the_email_gets_400(
+    client: TestClient, user_headers: dict[str, str], superuser_headers: dict[str, str]
+) -> None:
+    """The email was free when checked, and taken before the UPDATE: the unique index refuses
+    it, and the session dependency answers the same 400 as the check."""
+    url = f"{API}/users/{client.get(f'{API}/users/me', headers=user_headers).json()['id']}"
+
+    response = race(
+        client,
+        f"^UPDATE {USER} SET",
+        lambda: client.patch(url, headers=superuser_headers, json={"email": "wanted@example.com"}),
+        lambda: signup(client, "other", email="wanted@example.com"),
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": "Email already registered"}
+
+
+def test_username_change_racing_a_signup_that_takes_it_in_another_case_gets_400(
+    client: TestClient, user_headers: dict[str, str]
+) -> None:
+    response = race(
+        client,
+        f"^UPDATE {USER} SET",
+        lambda: client.patch(f"{API}/users/me", headers=user_headers, json={"username": "Wanted"}),
+        lambda: signup(client, "wanted"),
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": "Username already taken"}
+
+
+def test_duplicate_that_a_route_never_checked_for_is_a_400_not_a_500(make_settings: MakeSettings) -> None:
+    """Safe by construction: a route a team adds without `ensure_unique` still answers a
+    duplicate with the 400, from the session dependency (races.answer_write_refused)."""
+    app = create_app(make_settings())
+
+    @app.post("/throwaway", status_code=201, responses={400: {"description": "Duplicate"}})
+    def add_user_unchecked(session: SessionDep) -> None:
+        session.add(User(email=SUPERUSER_EMAIL, username="someone", hashed_password="x"))
+        session.commit()
+
+    with TestClient(app) as client:
+        response = client.post("/throwaway")
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": "Email already registered"}
 
 
 def test_superuser_update_racing_the_users_deletion_gets_404(
