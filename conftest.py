@@ -18,6 +18,8 @@ Patterns shown:
   a `TestClient` or an `httpx2.Client` on a live server (`base_url` its root).
   `engine_of`, `security_stamp`, `newest_session_id` and `count_notifications` look behind
   the API, into the database of a test client's app.
+- `json_body_fields`: every field of every JSON request body, from the OpenAPI schema, for
+  tests that must cover each one (strict types, NUL bytes).
 - `run_at_once`: calls released together by a barrier, for races (workers starting).
 - `paused_before`: a request held just before one SQL statement while the test runs what
   races it, so a race is played the same way every time, not left to luck and sleeps.
@@ -56,6 +58,7 @@ for setting in dotenv_values(Path(__file__).with_name(".env.example")):  # lists
     os.environ.pop(setting, None)
 os.environ["SECRET_KEY"] = TEST_SECRET_KEY
 
+import main  # noqa: E402
 from config import Settings, load_settings  # noqa: E402 (after the environment is cleaned)
 from database import create_db_engine  # noqa: E402
 from main import create_app  # noqa: E402
@@ -219,6 +222,27 @@ def client_fixture(app: FastAPI, database_url: str, migrated_sqlite_template: Pa
         shutil.copyfile(migrated_sqlite_template, make_url(database_url).database or "")
     with TestClient(app) as client:
         yield client
+
+
+def json_body_fields() -> list[tuple[str, str, dict[str, Any], str, set[str]]]:
+    """(method, path under the prefix, body, field, its JSON types) for every field of every
+    JSON request body, read from the OpenAPI schema of `main.app`: a test that goes through
+    every field stays complete when one is added. `body` holds the operation's required
+    fields, each with its documented example."""
+    schema = main.app.openapi()  # the module-level app of `uvicorn main:app`, never started here
+    fields = []
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" not in content:
+                continue
+            model = schema["components"]["schemas"][content["application/json"]["schema"]["$ref"].split("/")[-1]]
+            properties = model["properties"]
+            body = {name: properties[name].get("examples", ["x"])[0] for name in model.get("required", [])}
+            for name, field in properties.items():
+                types = {option.get("type") for option in field.get("anyOf", [field])} - {"null", None}
+                fields.append((method.upper(), path.removeprefix("/api/v1"), body, name, types))
+    return fields
 
 
 def engine_of(client: TestClient) -> Engine:

@@ -13,9 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlmodel import select
 
-from conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, engine_of, run_at_once
+from conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, engine_of, json_body_fields, run_at_once
 from database import SQLITE_BUSY_TIMEOUT_MS, create_db_engine, get_session
-from main import app
 from models import User
 
 API = "/api/v1"
@@ -84,28 +83,12 @@ def test_postgresql_pooled_connection_killed_by_the_server_is_replaced(database_
 COMPARED_ONLY = {"current_password", "refresh_token", "token"}
 
 
-def stored_text_fields() -> list[tuple[str, str, dict[str, Any], str]]:
-    """(method, path, body, field) for every stored string field of every JSON request body,
-    read from the OpenAPI schema, so a field added later is tested too; `body` fills the
-    required fields with their documented examples."""
-    schema = app.openapi()  # the module-level app of `uvicorn main:app`, never started here
-    fields = []
-    for path, operations in schema["paths"].items():
-        for method, operation in operations.items():
-            content = operation.get("requestBody", {}).get("content", {})
-            if "application/json" not in content:
-                continue
-            model = schema["components"]["schemas"][content["application/json"]["schema"]["$ref"].split("/")[-1]]
-            properties = model["properties"]
-            body = {name: properties[name].get("examples", ["x"])[0] for name in model.get("required", [])}
-            for name, field in properties.items():
-                types = {option.get("type") for option in field.get("anyOf", [field])}
-                if "string" in types and name not in COMPARED_ONLY:
-                    fields.append((method.upper(), path.removeprefix(API), body, name))
-    return fields
-
-
-TEXT_FIELDS = stored_text_fields()
+# (method, path, body, field): every stored string field of every JSON body, from the schema.
+TEXT_FIELDS = [
+    (method, path, body, field)
+    for method, path, body, field, types in json_body_fields()
+    if "string" in types and field not in COMPARED_ONLY
+]
 
 
 @pytest.mark.parametrize(
