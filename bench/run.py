@@ -10,7 +10,7 @@ Usage, from anywhere, with the project's dependencies installed:
     python bench/run.py --scenarios nested_json   # GET /health latency during a nested JSON attack
     python bench/run.py --scenarios mail_storm    # password recovery during logins and sign-ups
     python bench/run.py --workers 2
-    python bench/run.py --database-url postgresql+psycopg://user:pw@localhost/bench
+    python bench/run.py --database-url postgresql+psycopg://user:pw@localhost/postgres   # a database each
     python bench/run.py --project-env LOG_LEVEL=WARNING   # try a setting on the project
     python bench/run.py --against /tmp/old --scenarios me # A/B: this tree against another version
 
@@ -19,7 +19,8 @@ so and exits with status 2.
 
 What it does:
 1. Starts the project (`uvicorn main:app`, shipped defaults and logging) and the
-   baseline (`uvicorn baseline:app`), each on a fresh SQLite file in a temp dir, with
+   baseline (`uvicorn baseline:app`), each on a fresh SQLite file in a temp dir (or,
+   with --database-url, on a fresh database of its own on that PostgreSQL server), with
    the same SECRET_KEY and BCRYPT_ROUNDS=12; the servers create their tables.
 2. Seeds each database with three users owning 25 items each, and six more users who
    only log in (the login storm's), all with bcrypt at 12 rounds, through models.py,
@@ -237,7 +238,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for both servers (default 1)")
     parser.add_argument(
         "--database-url",
-        help="one database shared by both servers (e.g. PostgreSQL) instead of a fresh SQLite file each",
+        help="a PostgreSQL server (any database on it, e.g. .../postgres) on which each server gets a fresh"
+        " database of its own, created and dropped by the run; default: a fresh SQLite file each",
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of: %(default)s")
     parser.add_argument(
@@ -257,16 +259,46 @@ def parse_args() -> argparse.Namespace:
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    if args.database_url and not args.database_url.startswith("postgresql"):
+        parser.error("--database-url must name a PostgreSQL server (SQLite files are made per server anyway)")
     return args
 
 
 # --- Database -------------------------------------------------------------------------
 
 
+def create_databases(server_url: str, names: list[str]) -> dict[str, str]:
+    """A fresh, empty database for each of `names` on the PostgreSQL server of `server_url`,
+    so that both servers start alike and neither reads or locks the other's rows. Returns
+    each one's URL; `drop_databases` removes them."""
+    from sqlalchemy import create_engine, make_url
+
+    url = make_url(server_url)
+    suffix = secrets.token_hex(4)
+    urls = {name: url.set(database=f"bench_{name}_{suffix}") for name in names}
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        for database_url in urls.values():
+            connection.exec_driver_sql(f'CREATE DATABASE "{database_url.database}"')
+    engine.dispose()
+    return {name: database_url.render_as_string(hide_password=False) for name, database_url in urls.items()}
+
+
+def drop_databases(server_url: str, database_urls: list[str]) -> None:
+    """Drop the databases `create_databases` made (the servers have stopped)."""
+    from sqlalchemy import create_engine, make_url
+
+    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        for database_url in database_urls:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{make_url(database_url).database}" WITH (FORCE)')
+    engine.dispose()
+
+
 def create_baseline_tables(database_url: str) -> None:
     """Create the tables before the baseline starts: its `create_all` at import, run by
     `--workers N` processes at once on a new file, lets one fail with "table already
-    exists" (seen in 1 start of 5 with 2 workers). On a shared database they exist already."""
+    exists" (seen in 1 start of 5 with 2 workers)."""
     from sqlmodel import SQLModel, create_engine
 
     import models  # noqa: F401 (registers the tables)
@@ -287,8 +319,7 @@ def seed_database(database_url: str) -> None:
     Called once the server has started, so its own start-up has created the tables. The
     tables are read from the database, not from a models.py: an `--against` version may
     have other columns. Passwords are hashed with bcrypt at 12 rounds, as
-    `auth.hash_password` does. Users that exist are skipped, so a database shared by both
-    servers is seeded once.
+    `auth.hash_password` does. Users that exist are skipped.
     """
     import bcrypt
     from sqlalchemy import MetaData, create_engine, insert, select
@@ -926,10 +957,12 @@ def main() -> int:
         if args.against:
             apps["baseline"] = ("main:app", args.against.resolve(), project_env)
         servers: list[Server] = []
+        database_urls = {name: f"sqlite:///{tmp_dir / name}.db" for name in apps}
+        if args.database_url:
+            database_urls = create_databases(args.database_url, list(apps))
         try:
-            # One after the other: on a shared database the project's migrations run first.
             for name, (app, app_dir, extra_env) in apps.items():
-                database_url = args.database_url or f"sqlite:///{tmp_dir / name}.db"
+                database_url = database_urls[name]
                 if app == "baseline:app":
                     create_baseline_tables(database_url)
                 env = server_env(database_url, secret_key, extra_env)
@@ -938,7 +971,8 @@ def main() -> int:
                 server.wait_ready()
                 seed_database(database_url)
             tokens = {s.name: {user: s.token(user) for user in (READER, WRITER, MIXER)} for s in servers}
-            database = "shared" if args.database_url else "SQLite, one per server"
+            database = "PostgreSQL" if args.database_url else "SQLite"
+            database += ", one database per server, seeded alike"
             print(
                 f"wrk: {CONNECTIONS} connections, {args.duration} s x {args.rounds} round(s) per server;"
                 f" workers {args.workers}; {cores} cores; database {database}",
@@ -975,6 +1009,8 @@ def main() -> int:
         finally:
             for server in servers:
                 server.stop()
+            if args.database_url:
+                drop_databases(args.database_url, list(database_urls.values()))
 
     bcrypt_bound = cores / statistics.median(checkpw_times) if checkpw_times else None
     print()
