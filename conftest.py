@@ -98,8 +98,8 @@ def postgres_database_url() -> str:
     return url.set(database=name).render_as_string(hide_password=False)
 
 
-# Building an app's OpenAPI schema takes ~90 ms, and every test builds its own app: the
-# schema's paths are kept per prefix and route count (a throwaway route makes another entry).
+# Building an app's OpenAPI schema takes ~90 ms, and many tests build an app of their own (other
+# settings, a throwaway route): the schema's paths are kept per prefix and route count.
 _documented_paths: dict[tuple[str, int], dict[str, Any]] = {}
 
 
