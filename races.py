@@ -42,11 +42,12 @@ from sqlmodel import Session, col, select
 from models import Item, User
 
 WRITE_REFUSED_ERRORS = (StaleDataError, IntegrityError)
+EMAIL_TAKEN, USERNAME_TAKEN = "Email already registered", "Username already taken"
 # What each unique constraint's 400 says, by the names the databases report (models.py).
 DUPLICATE_DETAILS = {
-    "uq_user_email": "Email already registered",  # PostgreSQL
-    "user.email": "Email already registered",  # SQLite
-    "ix_user_username_lower": "Username already taken",  # both
+    "uq_user_email": EMAIL_TAKEN,  # PostgreSQL
+    "user.email": EMAIL_TAKEN,  # SQLite
+    "ix_user_username_lower": USERNAME_TAKEN,  # both
 }
 CALLER_ID = "caller_id"
 ACTIVE_SUPERUSERS = select(User.id).where(User.is_superuser, User.is_active)
@@ -114,9 +115,9 @@ def ensure_unique(session: Session, *, email: str | None, username: str | None, 
     """400 if another user already has this email or (in any case) this username."""
     others = select(User.id).where(User.id != user_id)
     if email is not None and session.exec(others.where(User.email == email)).first() is not None:
-        raise HTTPException(status_code=400, detail="Email already registered")
+        raise HTTPException(status_code=400, detail=EMAIL_TAKEN)
     if username is not None and session.exec(others.where(func.lower(User.username) == username.lower())).first():
-        raise HTTPException(status_code=400, detail="Username already taken")
+        raise HTTPException(status_code=400, detail=USERNAME_TAKEN)
 
 
 @contextmanager
