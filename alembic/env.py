@@ -18,7 +18,6 @@ from typing import Any, Literal
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Column, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateIndex
@@ -39,7 +38,7 @@ def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | 
 
 def sequential_revision_ids(migration: MigrationContext, revision: Any, directives: list[Any]) -> None:
     """`alembic revision` numbers revisions 0001, 0002, ...: readable, in the order they run."""
-    head = ScriptDirectory.from_config(context.config).get_current_head()
+    head = context.script.get_current_head()
     directives[0].rev_id = f"{int(head or 0) + 1:04d}"
 
 
@@ -52,14 +51,15 @@ def restore_expression_indexes(connection: Connection) -> None:
     """SQLite cannot reflect an expression index (`lower(username)`), so a batch copy of its
     table drops it without a word. At head, create again each one the models declare on a
     table the database has: no revision that rebuilds `user` needs to remember it."""
-    script = ScriptDirectory.from_config(context.config)
-    at_head = set(context.get_context().get_current_heads()) == set(script.get_heads())
-    if connection.dialect.name != "sqlite" or not at_head:
+    if connection.dialect.name != "sqlite":
         return
+    if set(context.get_context().get_current_heads()) != set(context.script.get_heads()):
+        return  # a downgrade, or an upgrade short of head: the revisions' own schema
+    tables = set(inspect(connection).get_table_names())
     for table in SQLModel.metadata.sorted_tables:
         for index in table.indexes:
             expression_index = not all(isinstance(expression, Column) for expression in index.expressions)
-            if expression_index and inspect(connection).has_table(table.name):
+            if expression_index and table.name in tables:
                 connection.execute(CreateIndex(index, if_not_exists=True))
 
 
