@@ -170,6 +170,25 @@ def test_duplicate_that_a_route_never_checked_for_is_a_400_not_a_500(make_settin
     assert response.json() == {"detail": "Email already registered"}
 
 
+def test_duplicate_of_a_constraint_with_no_detail_of_its_own_is_a_400_already_exists(
+    make_settings: MakeSettings,
+) -> None:
+    """A unique constraint that `races.DUPLICATE_DETAILS` does not name (here the primary
+    key; a team's new table would have others) still gets a 400, with a generic detail."""
+    app = create_app(make_settings())
+
+    @app.post("/throwaway", status_code=201, responses={400: {"description": "Duplicate"}})
+    def add_user_with_a_taken_id(session: SessionDep) -> None:
+        first_superuser_id = 1  # created at start-up
+        session.add(User(id=first_superuser_id, email="new@example.com", username="new", hashed_password="x"))
+        session.commit()
+
+    with TestClient(app) as client:
+        response = client.post("/throwaway")
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": "Already exists"}
+
+
 def test_superuser_update_racing_the_users_deletion_gets_404(
     client: TestClient, user_headers: dict[str, str], superuser_headers: dict[str, str]
 ) -> None:
