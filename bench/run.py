@@ -319,10 +319,10 @@ def seed_database(database_url: str) -> None:
     Called once the server has started, so its own start-up has created the tables. The
     tables are read from the database, not from a models.py: an `--against` version may
     have other columns. Passwords are hashed with bcrypt at 12 rounds, as
-    `auth.hash_password` does. Users that exist are skipped.
+    `auth.hash_password` does. Every server has a database of its own, so none of them exists yet.
     """
     import bcrypt
-    from sqlalchemy import MetaData, create_engine, insert, select
+    from sqlalchemy import MetaData, create_engine, insert
 
     engine = create_engine(database_url)
     tables = MetaData()
@@ -334,8 +334,6 @@ def seed_database(database_url: str) -> None:
     now = datetime.now(UTC).replace(tzinfo=None)  # UTC, as the app stores it on SQLite
     with engine.begin() as connection:
         for username in (READER, WRITER, MIXER, *STORM_USERS):
-            if connection.execute(select(user.c.id).where(user.c.username == username)).first() is not None:
-                continue
             row = {
                 "email": f"{username}@example.com",
                 "username": username,
@@ -890,7 +888,7 @@ def print_targets(
     attack: dict[str, AttackFigures],
     bcrypt_bound: float | None,
 ) -> None:
-    """The issue's targets, each with its measured ratio (they do not change the exit status).
+    """Issue 22's targets, each with its measured ratio (they do not change the exit status).
 
     The login storm's targets are the project's; the baseline's figure is shown beside them.
     """
@@ -900,8 +898,8 @@ def print_targets(
         beside = "" if baseline is None else f"  (baseline {baseline:.2f}x)"
         print(f"  {name:<44} {value:5.2f}{unit}  (target {target})  {'met' if met else 'MISSED'}{beside}")
 
-    # Against the tutorial way: GET /users/me clearly faster, the others never slower.
-    for scenario, floor in (("me", 1.3), ("items", 1.0), ("create_item", 1.0)):
+    # Against the tutorial way: never slower.
+    for scenario, floor in (("me", 1.0), ("items", 1.0), ("create_item", 1.0)):
         if scenario in results:
             project, baseline = results[scenario]["project"], results[scenario]["baseline"]
             speedup = ratio(project.rps, baseline.rps)
@@ -920,7 +918,7 @@ def print_targets(
         if bcrypt_bound:
             share = ratio(stormed.logins_per_second, bcrypt_bound)
             baseline_share = ratio(baseline_stormed.logins_per_second, bcrypt_bound)
-            report("login storm: logins/s vs bcrypt bound", share, ">= 0.4x", share >= 0.4, baseline_share)
+            report("login storm: logins/s vs bcrypt bound", share, ">= 0.8x", share >= 0.8, baseline_share)
     if mail:  # the project only: the baseline has no password recovery
         kept = mail["project"].rps_kept
         report("mail storm: password recovery req/s kept", kept, "> 0.5x", kept > 0.5)
