@@ -154,39 +154,33 @@ def test_username_change_racing_a_signup_that_takes_it_in_another_case_gets_400(
     assert response.json() == {"detail": "Username already taken"}
 
 
-def test_duplicate_that_a_route_never_checked_for_is_a_400_not_a_500(make_settings: MakeSettings) -> None:
+@pytest.mark.parametrize(
+    ("taken", "detail"),
+    [
+        ({"email": SUPERUSER_EMAIL}, "Email already registered"),
+        # A constraint `races.DUPLICATE_DETAILS` does not name (here the primary key of the
+        # first superuser, created at start-up; a team's new table would have others).
+        ({"id": 1}, "Already exists"),
+    ],
+    ids=["email", "unnamed-constraint"],
+)
+def test_duplicate_that_a_route_never_checked_for_is_a_400_not_a_500(
+    make_settings: MakeSettings, taken: dict[str, Any], detail: str
+) -> None:
     """Safe by construction: a route a team adds without `ensure_unique` still answers a
     duplicate with the 400, from the session dependency (races.answer_write_refused)."""
     app = create_app(make_settings())
 
     @app.post("/throwaway", status_code=201, responses={400: {"description": "Duplicate"}})
     def add_user_unchecked(session: SessionDep) -> None:
-        session.add(User(email=SUPERUSER_EMAIL, username="someone", hashed_password="x"))
+        fields = {"email": "new@example.com", "username": "someone", "hashed_password": "x"} | taken
+        session.add(User(**fields))
         session.commit()
 
     with TestClient(app) as client:
         response = client.post("/throwaway")
     assert response.status_code == 400, response.text
-    assert response.json() == {"detail": "Email already registered"}
-
-
-def test_duplicate_of_a_constraint_with_no_detail_of_its_own_is_a_400_already_exists(
-    make_settings: MakeSettings,
-) -> None:
-    """A unique constraint that `races.DUPLICATE_DETAILS` does not name (here the primary
-    key; a team's new table would have others) still gets a 400, with a generic detail."""
-    app = create_app(make_settings())
-
-    @app.post("/throwaway", status_code=201, responses={400: {"description": "Duplicate"}})
-    def add_user_with_a_taken_id(session: SessionDep) -> None:
-        first_superuser_id = 1  # created at start-up
-        session.add(User(id=first_superuser_id, email="new@example.com", username="new", hashed_password="x"))
-        session.commit()
-
-    with TestClient(app) as client:
-        response = client.post("/throwaway")
-    assert response.status_code == 400, response.text
-    assert response.json() == {"detail": "Already exists"}
+    assert response.json() == {"detail": detail}
 
 
 def test_superuser_update_racing_the_users_deletion_gets_404(
